@@ -1,0 +1,58 @@
+"""What `patchnas spaces list` and `patchnas spaces show` print, as plain data."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import spaces
+from spaces.cost import costs
+from spaces.errors import UserError
+from spaces.family import PROXY_SIZE
+
+
+def listing() -> list[dict[str, Any]]:
+    """Every family with its parameters (32 px proxy terms), presets and transfer rule."""
+    return [family.describe() for family in spaces.FAMILIES.values()]
+
+
+def show(preset: str | None = None, family: str | None = None,
+         overrides: dict[str, Any] | None = None, image_size: int | None = None,
+         num_classes: int | None = None) -> dict[str, Any]:
+    """One model: its target config and costs, beside its 32 px, 10-class proxy.
+
+    A preset is shown at its native size and class count unless told otherwise; a family
+    at 224 px and 1000 classes. `overrides` (NAME=value, proxy terms) change single values.
+    """
+    if (preset is None) == (family is None):
+        raise UserError("give a preset name or --family, not both")
+    if preset is not None:
+        fam, chosen = spaces.preset(preset)
+        base = fam.to_proxy(chosen.config, chosen.image_size)
+        image_size = image_size or chosen.image_size
+        num_classes = num_classes or chosen.num_classes
+    else:
+        fam, base = spaces.get(family), None
+        image_size, num_classes = image_size or 224, num_classes or 1000
+    if image_size < 1 or num_classes < 1:
+        raise UserError("--image-size and --num-classes must be positive")
+    proxy = fam.space(overrides).fixed_config(base)
+    target = fam.to_target(proxy, image_size)
+    at_target = costs(fam, target, image_size, num_classes)
+    at_224 = at_target if image_size == 224 else costs(fam, fam.to_target(proxy, 224), 224,
+                                                      num_classes)
+    at_32 = costs(fam, proxy, PROXY_SIZE, 10)
+    return {
+        "family": fam.name,
+        "preset": preset,
+        "label": fam.label(target),
+        "image_size": image_size,
+        "num_classes": num_classes,
+        "config": asdict(target),
+        "params": at_target.params,
+        "macs": at_target.macs,
+        "macs_224": at_224.macs,
+        "proxy_config": asdict(proxy),
+        "proxy_params": at_32.params,
+        "macs_32": at_32.macs,
+    }

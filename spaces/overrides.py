@@ -1,0 +1,38 @@
+"""Gather a user's parameter settings from `--set` items and a `--space` YAML file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from spaces.errors import UserError
+from spaces.params import parse_assignments
+
+
+def load_space_file(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping NAME: SPEC (a value, 'LO..HI[:STEP]', 'a,b,c' or a list of choices)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"--space {path}: no such file") from None
+    except (OSError, yaml.YAMLError) as err:
+        raise UserError(f"--space {path}: not a readable YAML file ({_first_line(err)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+        raise UserError(f"--space {path}: expected a mapping of NAME: SPEC, e.g. 'h: 64..256'")
+    return data
+
+
+def collect_overrides(sets: list[str] | None, space_file: str | None) -> dict[str, Any]:
+    """The file's settings, then `--set` items on top (flags win)."""
+    overrides = load_space_file(space_file) if space_file else {}
+    overrides.update(parse_assignments(sets or []))
+    return overrides
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
