@@ -29,11 +29,12 @@ def show(preset: str | None = None, family: str | None = None,
     if preset is not None:
         fam, chosen = spaces.preset(preset)
         base = fam.to_proxy(chosen.config, chosen.image_size)
-        image_size = image_size or chosen.image_size
-        num_classes = num_classes or chosen.num_classes
+        image_size = chosen.image_size if image_size is None else image_size
+        num_classes = chosen.num_classes if num_classes is None else num_classes
     else:
         fam, base = spaces.get(family), None
-        image_size, num_classes = image_size or 224, num_classes or 1000
+        image_size = 224 if image_size is None else image_size
+        num_classes = 1000 if num_classes is None else num_classes
     if image_size < 1 or num_classes < 1:
         raise UserError("--image-size and --num-classes must be positive")
     proxy = fam.space(overrides).fixed_config(base)

@@ -65,7 +65,9 @@ class Family(ABC):
         """Map a config native at `image_size` to its 32 px proxy (the reverse rule)."""
 
     def check_size(self, config: Any, image_size: int) -> None:
-        """Raise UserError if `config` cannot run on `image_size` images."""
+        """Raise UserError if `config` cannot run on `image_size` images (any size can, by
+        default: strided convs and pools round up)."""
+        return None
 
     def label(self, config: Any) -> str:
         """A short readable name, e.g. 'convmixer h256 d8 p2 k5'."""

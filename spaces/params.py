@@ -117,11 +117,10 @@ class Param:
             raise UserError(f"{self.name} takes choices, not a range (e.g. {self.domain.spec()})")
         bounds, _, step_text = text.partition(":")
         low_text, _, high_text = bounds.partition("..")
-        try:
-            low, high = self.validate(_scalar(low_text)), self.validate(_scalar(high_text))
-            step = self.type(_scalar(step_text)) if step_text else None
-        except (ValueError, TypeError):
-            raise UserError(f"{self.name}={text}: write a range as LO..HI or LO..HI:STEP") from None
+        low, high = self._number(low_text, text), self._number(high_text, text)
+        step = self._number(step_text, text) if step_text else None
+        for end in (low, high):  # hard limits here; `check` is applied to every value below
+            replace(self, check=None).validate(end)
         if low > high:
             raise UserError(f"{self.name}={text}: the low end is above the high end")
         if step is not None and step <= 0:
@@ -133,6 +132,13 @@ class Param:
                     f"{self.name}={text} includes {bad}, but {self.name} must be {self.rule}"
                 )
         return Range(low, high, step)
+
+    def _number(self, part: str, text: str) -> int | float:
+        value = _scalar(part)
+        if isinstance(value, str) or (self.type is int and not float(value).is_integer()):
+            raise UserError(f"{self.name}={text}: write a range of {self.type.__name__}s as "
+                            f"LO..HI or LO..HI:STEP")
+        return self.type(value)
 
     def suggest(self, trial: Any, prefix: str = "") -> Value:
         """Ask an Optuna-style trial for a value (fixed values are not asked for)."""

@@ -1,0 +1,35 @@
+"""Shared test helpers.
+
+Tests that need something from outside (the shared data, a service) call `need(...)`: it skips
+with a reason on a developer's machine, and fails in CI (`PATCHNAS_CI=1`, set by .ci/run),
+where everything must be present. GPU tests are marked `gpu` and always skip without CUDA.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("PATCHNAS_SHARED_DATA", ROOT.parent / "shared" / "data"))
+IN_CI = os.environ.get("PATCHNAS_CI") == "1"
+
+
+def need(condition: bool, reason: str) -> None:
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"CI requires it: {reason}")
+    pytest.skip(reason)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
