@@ -14,6 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from spaces.errors import UserError
+from trainers.proxy import SCHEDULES, Recipe
 
 EXIT_USER_ERROR = 2
 
@@ -67,7 +68,50 @@ def build_parser() -> argparse.ArgumentParser:
                       help="target classes (a preset's own, else 1000)")
     show.add_argument("--json", action="store_true", help="print one JSON document")
     show.set_defaults(run=_spaces_show)
+
+    train_cmd = commands.add_parser("train", help="train one model")
+    train_sub = train_cmd.add_subparsers(dest="train_command", required=True,
+                                         metavar="SUBCOMMAND")
+    proxy = train_sub.add_parser(
+        "proxy", help="a short CIFAR-10 proxy run of a preset (as its 32 px proxy) or a config")
+    proxy.add_argument("preset", nargs="?", help="a preset name (trained as its proxy config)")
+    proxy.add_argument("--family", help="a family; unset parameters take its default preset's")
+    add_set_flag(proxy)
+    proxy.add_argument("--space", metavar="FILE", help="a YAML file of NAME: VALUE")
+    proxy.add_argument("--epochs", type=int, default=10)
+    proxy.add_argument("--batch-size", type=int, default=Recipe.batch_size)
+    proxy.add_argument("--lr", type=float, default=Recipe.lr, help="peak learning rate")
+    proxy.add_argument("--weight-decay", type=float, default=Recipe.weight_decay)
+    proxy.add_argument("--schedule", choices=SCHEDULES, default=Recipe.schedule)
+    proxy.add_argument("--label-smoothing", type=float, default=Recipe.label_smoothing)
+    proxy.add_argument("--cutout", type=int, default=Recipe.cutout, metavar="SIZE",
+                       help="side of a random zeroed square (0: off)")
+    proxy.add_argument("--drop-path", type=float, default=Recipe.drop_path)
+    add_data_flags(proxy)
+    proxy.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    proxy.add_argument("--compile", action="store_true", help="torch.compile the model")
+    proxy.add_argument("--seed", type=int, default=0)
+    proxy.add_argument("--test", action="store_true",
+                       help="also report test accuracy (never used for selection)")
+    proxy.add_argument("--checkpoint", metavar="PATH",
+                       help="write a checkpoint after each epoch; resume from it if it exists")
+    proxy.add_argument("--json", action="store_true", help="print one JSON document")
+    proxy.set_defaults(run=_train_proxy)
     return parser
+
+
+def add_data_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", metavar="PATH",
+                        help="dataset folder or archive (default: $PATCHNAS_DATA, else "
+                             "<workspace>/data/cifar10, downloaded there when online)")
+    parser.add_argument("--download", action="store_true",
+                        help="download CIFAR-10 to --data if it is missing (needs internet)")
+    parser.add_argument("--subset", type=int, metavar="N", help="train on N images only")
+    parser.add_argument("--val-size", type=int, default=5000,
+                        help="held-out validation images from the train set")
+    parser.add_argument("--workspace", metavar="DIR",
+                        help="workspace folder (default: $PATCHNAS_WORKSPACE, else "
+                             "./patchnas-workspace)")
 
 
 def _spaces_list(args: argparse.Namespace) -> None:
@@ -91,8 +135,6 @@ def _spaces_show(args: argparse.Namespace) -> None:
     from spaces.overrides import collect_overrides
 
     overrides = collect_overrides(args.sets, args.space)
-    if args.preset is None and args.family is None:
-        raise UserError("name a preset (see `patchnas spaces list`) or give --family")
     result = show(preset=args.preset, family=args.family, overrides=overrides,
                   image_size=args.image_size, num_classes=args.num_classes)
     if args.json:
@@ -106,6 +148,32 @@ def _spaces_show(args: argparse.Namespace) -> None:
     print(f"  proxy config: {result['proxy_config']}")
 
 
+def _train_proxy(args: argparse.Namespace) -> int:
+    from search.train import train_proxy
+    from spaces.overrides import collect_overrides
+
+    recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                    weight_decay=args.weight_decay, schedule=args.schedule,
+                    label_smoothing=args.label_smoothing, cutout=args.cutout,
+                    drop_path=args.drop_path)
+    result = train_proxy(preset=args.preset, family=args.family,
+                         overrides=collect_overrides(args.sets, args.space), recipe=recipe,
+                         data=args.data, workspace=args.workspace, device=args.device,
+                         subset=args.subset, val_size=args.val_size, compile=args.compile,
+                         seed=args.seed, evaluate_test=args.test, download=args.download,
+                         checkpoint=args.checkpoint)
+    if args.json:
+        _print_json(result)
+    else:
+        test = f"  test_acc {result['test_acc']:.4f}" if args.test else ""
+        print(f"{result['status']}: val_acc {result['val_acc']}{test}  epochs "
+              f"{result['epochs']}  {result['seconds']:.1f}s")
+    if result["status"] in ("diverged", "oom"):
+        print(f"patchnas: the run ended early: {result['reason']}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2)
     sys.stdout.write("\n")
@@ -114,14 +182,14 @@ def _print_json(data: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        code = args.run(args) or 0
     except UserError as err:
         print(f"patchnas: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("patchnas: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code
 
 
 if __name__ == "__main__":

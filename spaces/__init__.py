@@ -38,6 +38,20 @@ def preset(name: str) -> tuple[Family, Preset]:
     raise UserError(f"unknown preset {name!r}; choose from {', '.join(preset_names())}")
 
 
+def resolve(preset_name: str | None = None, family: str | None = None,
+            overrides: dict | None = None) -> tuple[Family, object]:
+    """The family and the single 32 px proxy config that a preset or `--family F --set ...`
+    names; `overrides` (single values, proxy terms) change a preset's or family's defaults."""
+    if (preset_name is None) == (family is None):
+        raise UserError("name a preset (see `patchnas spaces list`) or give --family, not both")
+    if preset_name is not None:
+        fam, chosen = preset(preset_name)
+        base = fam.to_proxy(chosen.config, chosen.image_size)
+    else:
+        fam, base = get(family), None
+    return fam, fam.space(overrides).fixed_config(base)
+
+
 def preset_names() -> list[str]:
     return [name for family in FAMILIES.values() for name in family.presets]
 
@@ -45,5 +59,5 @@ def preset_names() -> list[str]:
 __all__ = [
     "FAMILIES", "PROXY_SIZE", "Choices", "CoAtNetConfig", "ConvMLPConfig", "ConvMixerConfig",
     "Family", "Param", "Preset", "Range", "Space", "UserError", "get", "parse_assignments",
-    "preset", "preset_names", "stem_stride_for",
+    "preset", "preset_names", "resolve", "stem_stride_for",
 ]

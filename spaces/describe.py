@@ -24,20 +24,12 @@ def show(preset: str | None = None, family: str | None = None,
     A preset is shown at its native size and class count unless told otherwise; a family
     at 224 px and 1000 classes. `overrides` (NAME=value, proxy terms) change single values.
     """
-    if (preset is None) == (family is None):
-        raise UserError("give a preset name or --family, not both")
-    if preset is not None:
-        fam, chosen = spaces.preset(preset)
-        base = fam.to_proxy(chosen.config, chosen.image_size)
-        image_size = chosen.image_size if image_size is None else image_size
-        num_classes = chosen.num_classes if num_classes is None else num_classes
-    else:
-        fam, base = spaces.get(family), None
-        image_size = 224 if image_size is None else image_size
-        num_classes = 1000 if num_classes is None else num_classes
+    fam, proxy = spaces.resolve(preset, family=family, overrides=overrides)
+    native = spaces.preset(preset)[1] if preset is not None else spaces.Preset(None)
+    image_size = native.image_size if image_size is None else image_size
+    num_classes = native.num_classes if num_classes is None else num_classes
     if image_size < 1 or num_classes < 1:
         raise UserError("--image-size and --num-classes must be positive")
-    proxy = fam.space(overrides).fixed_config(base)
     target = fam.to_target(proxy, image_size)
     at_target = costs(fam, target, image_size, num_classes)
     at_224 = at_target if image_size == 224 else costs(fam, fam.to_target(proxy, 224), 224,

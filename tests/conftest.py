@@ -33,3 +33,23 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+CIFAR_ARCHIVE = SHARED_DATA / "cifar10-jpeg.tar.gz"
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory):
+    """One workspace for the session, so the real data is decoded once."""
+    path = tmp_path_factory.mktemp("workspace")
+    os.environ["PATCHNAS_WORKSPACE"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def cifar(workspace):
+    """The shared real CIFAR-10 (JPEG image-folder archive), decoded through the cache."""
+    need(CIFAR_ARCHIVE.exists(), f"the shared CIFAR-10 archive is missing at {CIFAR_ARCHIVE}")
+    from trainers.data import load
+
+    return load(CIFAR_ARCHIVE, cache_dir=workspace / "cache")

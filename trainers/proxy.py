@@ -1,0 +1,322 @@
+"""The proxy trainer: a short, fast, honest training run that scores one config.
+
+Knows nothing of Optuna, Ray or MLflow: after each epoch it calls `report(epoch, metrics)`,
+and stops if the answer is "stop". Speed comes from keeping the whole split on the device as
+uint8, augmenting batches there (trainers/augment.py), bf16 autocast and channels_last on
+CUDA, and optionally torch.compile. Honesty comes from scoring on a held-out part of the
+train set; the test set is only evaluated when asked, never for selection.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spaces.errors import UserError
+from trainers.augment import Normalize, cutout, random_crop, random_flip
+from trainers.data import Splits
+
+Report = Callable[[int, dict[str, float]], Any]
+SCHEDULES = ("onecycle", "cosine")
+NAN_CHECK_EVERY = 25  # steps between finiteness checks (each one syncs the device)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything about a proxy run that is not the architecture or the data."""
+
+    epochs: int = 10
+    batch_size: int = 512
+    lr: float = 0.01  # peak learning rate
+    weight_decay: float = 0.01
+    schedule: str = "onecycle"
+    warmup: float = 0.05  # fraction of steps, for "cosine"
+    label_smoothing: float = 0.1
+    clip_norm: float = 1.0  # 0 turns clipping off
+    crop_padding: int = 4
+    flip: bool = True
+    cutout: int = 0  # side of the zeroed square; 0 turns it off
+    drop_path: float = 0.0
+    eval_batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
+            raise UserError("epochs and batch sizes must be at least 1")
+        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.label_smoothing < 1:
+            raise UserError("the learning rate must be positive, weight decay >= 0, label "
+                            "smoothing in [0, 1)")
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"unknown schedule {self.schedule!r}; choose from "
+                            f"{', '.join(SCHEDULES)}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Recipe:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(f"unknown recipe setting {unknown[0]!r}; known: {', '.join(known)}")
+        return cls(**values)
+
+
+def learning_rate(recipe: Recipe, step: int, total_steps: int) -> float:
+    """The rate at `step` (0-based) of `total_steps`. Breakpoints are in steps, so even a
+    run of a few steps warms up.
+
+    onecycle (the ConvMixer CIFAR recipe): 0 -> lr at 2/5, lr/20 at 4/5, 0 at the end.
+    cosine: linear warm-up over `warmup` of the steps, then cosine to 0.
+    """
+    t = step + 1  # the rate for the update that completes step t
+    if recipe.schedule == "onecycle":
+        points = [(0.0, 0.0), (total_steps * 2 / 5, recipe.lr),
+                  (total_steps * 4 / 5, recipe.lr / 20), (float(total_steps), 0.0)]
+        for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
+            if t <= x1:
+                return y0 + (y1 - y0) * (t - x0) / (x1 - x0) if x1 > x0 else y1
+        return 0.0
+    warm = max(1, round(recipe.warmup * total_steps))
+    if t <= warm:
+        return recipe.lr * t / warm
+    progress = (t - warm) / max(1, total_steps - warm)
+    return recipe.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+@dataclass
+class ProxyResult:
+    status: str  # "completed" | "stopped" (told to by report) | "diverged" | "oom"
+    reason: str | None
+    val_acc: float | None
+    train_loss: float | None
+    epochs: int
+    epoch_seconds: list[float]
+    images_per_s: float | None
+    seconds: float
+    peak_memory_bytes: int | None
+    first_step_seconds: float | None  # includes compilation when compiled
+    history: list[dict[str, float]] = field(default_factory=list)
+    test_acc: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class DeviceData:
+    """A split moved to the device once, as uint8, with its normalization statistics."""
+
+    def __init__(self, splits: Splits, device: torch.device):
+        self.device = device
+        self.num_classes = splits.num_classes
+        self.train_x, self.train_y = splits.train_x.to(device), splits.train_y.to(device)
+        self.val_x, self.val_y = splits.val_x.to(device), splits.val_y.to(device)
+        self.test_x, self.test_y = splits.test_x.to(device), splits.test_y.to(device)
+        self.mean, self.std = channel_stats(self.train_x)
+
+
+def channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[tuple, tuple]:
+    total = torch.zeros(3, dtype=torch.float64, device=x.device)
+    squares = torch.zeros(3, dtype=torch.float64, device=x.device)
+    for i in range(0, len(x), chunk):
+        part = x[i:i + chunk].double() / 255
+        total += part.sum((0, 2, 3))
+        squares += (part * part).sum((0, 2, 3))
+    n = len(x) * x.shape[2] * x.shape[3]
+    mean = total / n
+    std = (squares / n - mean * mean).sqrt()
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda, but no CUDA device is visible; use --device cpu")
+    return device
+
+
+class ProxyTrainer:
+    def __init__(self, recipe: Recipe = Recipe(), device: str | torch.device | None = None,
+                 compile: bool = False):
+        self.recipe = recipe
+        self.device = resolve_device(device)
+        self.cuda = self.device.type == "cuda"
+        self.compile = compile
+        # bf16 autocast and channels_last pay off on GPUs; on the CPU they cost time
+        self.amp_dtype = torch.bfloat16 if self.cuda else None
+
+    def fit(self, model: nn.Module, data: Splits | DeviceData, report: Report | None = None,
+            seed: int = 0, checkpoint: str | Path | None = None,
+            evaluate_test: bool = False) -> ProxyResult:
+        """Train `model` on `data`; resume from `checkpoint` when it exists, write it after
+        every epoch. Failures inside the run (NaN loss, CUDA OOM) end it with a status."""
+        if not isinstance(data, DeviceData):
+            data = DeviceData(data, self.device)
+        start = time.perf_counter()
+        run = _Run(self, model, data, seed, checkpoint)
+        try:
+            return run.train(report, evaluate_test, start)
+        except torch.OutOfMemoryError as err:
+            run.release()
+            return run.result("oom", str(err).splitlines()[0] if str(err) else "out of memory",
+                              start)
+
+
+class _Run:
+    """One fit: state that a checkpoint saves and restores."""
+
+    def __init__(self, trainer: ProxyTrainer, model: nn.Module, data: DeviceData, seed: int,
+                 checkpoint: str | Path | None):
+        self.t, self.data, self.recipe = trainer, data, trainer.recipe
+        self.checkpoint = Path(checkpoint) if checkpoint else None
+        torch.manual_seed(seed)
+        self.model = model.to(trainer.device)
+        if trainer.cuda:
+            self.model = self.model.to(memory_format=torch.channels_last)
+            torch.cuda.reset_peak_memory_stats(trainer.device)
+        self.forward = torch.compile(self.model) if trainer.compile else self.model
+        decay = [p for p in self.model.parameters() if p.ndim > 1]
+        no_decay = [p for p in self.model.parameters() if p.ndim <= 1]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.recipe.weight_decay},
+             {"params": no_decay, "weight_decay": 0.0}], lr=0.0,
+            fused=trainer.cuda or None)
+        self.gen = torch.Generator(device=trainer.device).manual_seed(seed)
+        self.normalize = Normalize(trainer.device, trainer.amp_dtype or torch.float32,
+                                   trainer.cuda, data.mean, data.std)
+        self.steps_per_epoch = math.ceil(len(data.train_y) / self.recipe.batch_size)
+        self.total_steps = self.steps_per_epoch * self.recipe.epochs
+        self.epoch, self.step, self.history = 0, 0, []
+        self.first_step_seconds: float | None = None
+        if self.checkpoint is not None and self.checkpoint.exists():
+            self._load()
+
+    # --- the loop ---------------------------------------------------------------------------
+    def train(self, report: Report | None, evaluate_test: bool, start: float) -> ProxyResult:
+        while self.epoch < self.recipe.epochs:
+            epoch_start = time.perf_counter()
+            loss = self._train_epoch()
+            if loss is None or not math.isfinite(loss):
+                return self.result("diverged", "the training loss became NaN or infinite", start)
+            train_seconds = time.perf_counter() - epoch_start
+            val_acc = self.accuracy(self.data.val_x, self.data.val_y)
+            self.epoch += 1
+            metrics = {
+                "epoch": self.epoch, "val_acc": val_acc, "train_loss": loss,
+                "lr": learning_rate(self.recipe, self.step - 1, self.total_steps),
+                "epoch_seconds": time.perf_counter() - epoch_start,
+                "images_per_s": len(self.data.train_y) / train_seconds,
+            }
+            self.history.append(metrics)
+            if self.checkpoint is not None:
+                self._save()
+            if report is not None and report(self.epoch, dict(metrics)) == "stop":
+                if self.epoch < self.recipe.epochs:
+                    return self.result("stopped", "stopped by the pruner", start)
+        result = self.result("completed", None, start)
+        if evaluate_test:
+            result.test_acc = self.accuracy(self.data.test_x, self.data.test_y)
+        return result
+
+    def _train_epoch(self) -> float | None:
+        r, data = self.recipe, self.data
+        self.model.train()
+        order = torch.randperm(len(data.train_y), device=self.t.device, generator=self.gen)
+        loss_sum = torch.zeros((), device=self.t.device)
+        for i in range(self.steps_per_epoch):
+            idx = order[i * r.batch_size:(i + 1) * r.batch_size]
+            x = random_crop(data.train_x[idx], r.crop_padding, self.gen)
+            if r.flip:
+                x = random_flip(x, self.gen)
+            x = cutout(self.normalize(x), r.cutout, self.gen)
+            lr = learning_rate(r, self.step, self.total_steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            tick = time.perf_counter() if self.first_step_seconds is None else None
+            with torch.autocast(self.t.device.type, self.t.amp_dtype,
+                                enabled=self.t.amp_dtype is not None):
+                logits = self.forward(x)
+            loss = F.cross_entropy(logits.float(), data.train_y[idx],
+                                   label_smoothing=r.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if r.clip_norm:
+                nn.utils.clip_grad_norm_(self.model.parameters(), r.clip_norm)
+            self.optimizer.step()
+            self.step += 1
+            loss_sum += loss.detach() * len(idx)
+            if tick is not None:
+                if self.t.cuda:
+                    torch.cuda.synchronize(self.t.device)
+                self.first_step_seconds = time.perf_counter() - tick
+            if (i + 1) % NAN_CHECK_EVERY == 0 and not torch.isfinite(loss_sum):
+                return None
+        return float(loss_sum) / len(data.train_y)
+
+    @torch.no_grad()
+    def accuracy(self, x_all: torch.Tensor, y_all: torch.Tensor) -> float:
+        self.model.eval()
+        correct = torch.zeros((), dtype=torch.long, device=self.t.device)
+        for i in range(0, len(y_all), self.recipe.eval_batch_size):
+            x = self.normalize(x_all[i:i + self.recipe.eval_batch_size])
+            with torch.autocast(self.t.device.type, self.t.amp_dtype,
+                                enabled=self.t.amp_dtype is not None):
+                logits = self.forward(x)
+            correct += (logits.argmax(1) == y_all[i:i + self.recipe.eval_batch_size]).sum()
+        return int(correct) / len(y_all)
+
+    # --- results, failures, checkpoints ----------------------------------------------------
+    def result(self, status: str, reason: str | None, start: float) -> ProxyResult:
+        times = [h["epoch_seconds"] for h in self.history]
+        last = self.history[-1] if self.history else {}
+        n = len(self.data.train_y)
+        train_time = sum(n / h["images_per_s"] for h in self.history)
+        peak = torch.cuda.max_memory_allocated(self.t.device) if self.t.cuda else None
+        return ProxyResult(
+            status=status, reason=reason, val_acc=last.get("val_acc"),
+            train_loss=last.get("train_loss"), epochs=len(self.history), epoch_seconds=times,
+            images_per_s=n * len(times) / train_time if times else None,
+            seconds=time.perf_counter() - start, peak_memory_bytes=peak,
+            first_step_seconds=self.first_step_seconds, history=list(self.history))
+
+    def release(self) -> None:
+        """Free the device memory of this run so the next run in the process fits."""
+        self.optimizer.state.clear()
+        self.model.zero_grad(set_to_none=True)
+        self.forward = None
+        gc.collect()
+        if self.t.cuda:
+            torch.cuda.empty_cache()
+
+    def _save(self) -> None:
+        state = {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch, "step": self.step, "history": self.history,
+            "recipe": asdict(self.recipe), "cpu_rng": torch.get_rng_state(),
+            "gen": self.gen.get_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.t.device) if self.t.cuda else None,
+        }
+        self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.checkpoint.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.checkpoint)  # a crash mid-write never leaves half a checkpoint
+
+    def _load(self) -> None:
+        state = torch.load(self.checkpoint, map_location=self.t.device, weights_only=True)
+        if state["recipe"] != asdict(self.recipe):
+            raise UserError(f"checkpoint {self.checkpoint} was written with another recipe; "
+                            f"delete it to start over")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.step, self.history = state["epoch"], state["step"], state["history"]
+        torch.set_rng_state(state["cpu_rng"].cpu())
+        self.gen.set_state(state["gen"].cpu() if not self.t.cuda else state["gen"].cpu())
+        if state["cuda_rng"] is not None and self.t.cuda:
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.t.device)
