@@ -12,7 +12,6 @@ import torch
 
 import spaces
 from search.workspace import cache_dir, workspace_dir
-from spaces.errors import UserError
 from trainers import data as datasets
 from trainers.proxy import ProxyTrainer, Recipe
 
@@ -40,13 +39,14 @@ def load_splits(data: str | None, workspace: Path, *, download: bool = False,
 
 
 def train_proxy(*, preset: str | None = None, family: str | None = None,
-                overrides: dict[str, Any] | None = None, recipe: Recipe = Recipe(),
+                overrides: dict[str, Any] | None = None, recipe: Recipe | None = None,
                 data: str | None = None, workspace: str | Path | None = None,
                 device: str | None = None, subset: int | None = None, val_size: int = 5000,
                 compile: bool = False, seed: int = 0, evaluate_test: bool = False,
                 download: bool = False, checkpoint: str | None = None,
                 progress: bool = True) -> dict[str, Any]:
     """Train one proxy config and return what `--json` prints."""
+    recipe = recipe or Recipe()
     fam, proxy = spaces.resolve(preset, family=family, overrides=overrides)
     trainer = ProxyTrainer(recipe, device=device, compile=compile)  # checks the device first
     splits = load_splits(data, workspace_dir(workspace), download=download, val_size=val_size,

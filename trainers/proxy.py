@@ -143,9 +143,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 class ProxyTrainer:
-    def __init__(self, recipe: Recipe = Recipe(), device: str | torch.device | None = None,
+    def __init__(self, recipe: Recipe | None = None, device: str | torch.device | None = None,
                  compile: bool = False):
-        self.recipe = recipe
+        self.recipe = recipe or Recipe()
         self.device = resolve_device(device)
         self.cuda = self.device.type == "cuda"
         self.compile = compile
