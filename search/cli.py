@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="write a checkpoint after each epoch; resume from it if it exists")
     proxy.add_argument("--json", action="store_true", help="print one JSON document")
     proxy.set_defaults(run=_train_proxy)
+
+    from search.cli_search import add_search_commands
+
+    add_search_commands(commands)
     return parser
 
 

@@ -56,7 +56,8 @@ class ConvMixerFamily(Family):
         Param("h", int, Range(64, 1536, 32), "width (channels)", low=1, high=4096),
         Param("d", int, Range(2, 32), "depth (blocks)", low=1, high=64),
         Param("p", int, Choices((1, 2, 4)), "patch size at 32 px", low=1, check=_fits_proxy,
-              rule=f"at most {PROXY_SIZE}: a patch larger than the {PROXY_SIZE} px image"),
+              rule=f"at most {PROXY_SIZE}: a patch larger than the {PROXY_SIZE} px image",
+              monotone=False),  # larger patches: more parameters but fewer MACs
         Param("k", int, Range(3, 11, 2), "depthwise kernel size", low=1, high=31,
               check=_odd, rule="odd"),
         Param("act", str, Choices(ACTIVATIONS), "activation", allowed=ACTIVATIONS),

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from spaces.errors import UserError
-from spaces.params import Choices, Param, apply_overrides
+from spaces.params import Choices, Param, Range, apply_overrides
 
 if TYPE_CHECKING:
     from torch import nn
@@ -128,6 +129,22 @@ class Space:
     def suggest(self, trial: Any, prefix: str = "") -> Any:
         values = {p.name: p.suggest(trial, prefix) for p in self.params}
         return self.family.config_from(values)
+
+    def corners(self) -> list[Any]:
+        """Configs at which each cost of this space reaches its minimum or maximum.
+
+        Monotone numeric params sit together at their lows or their highs; every other
+        param (categoricals, ConvMixer's patch) takes each of its extreme values.
+        """
+        others = [p for p in self.params if not (p.monotone and isinstance(p.domain, Range))]
+        monotone = [p for p in self.params if p not in others]
+        configs = []
+        for combo in itertools.product(*(p.extremes() for p in others)):
+            for end in (0, 1):
+                values = {p.name: p.extremes()[end] for p in monotone}
+                values.update(zip((p.name for p in others), combo, strict=True))
+                configs.append(self.family.config_from(values))
+        return configs
 
     def fixed_config(self, base: Any = None) -> Any:
         """The single proxy config this space describes (for `spaces show`).

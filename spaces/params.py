@@ -56,6 +56,7 @@ class Param:
     allowed: tuple[str, ...] | None = None
     check: Callable[[Any], bool] | None = field(default=None, compare=False)
     rule: str = ""  # words for `check`, used in error messages
+    monotone: bool = True  # costs grow with the value (used to find a space's cost bounds)
 
     @property
     def fixed(self) -> bool:
@@ -139,6 +140,13 @@ class Param:
             raise UserError(f"{self.name}={text}: write a range of {self.type.__name__}s as "
                             f"LO..HI or LO..HI:STEP")
         return self.type(value)
+
+    def extremes(self) -> tuple[Value, ...]:
+        """The values at which this param can make a model smallest or largest."""
+        d = self.domain
+        if isinstance(d, Choices):
+            return d.values
+        return (d.low, d.high)
 
     def suggest(self, trial: Any, prefix: str = "") -> Value:
         """Ask an Optuna-style trial for a value (fixed values are not asked for)."""

@@ -114,6 +114,7 @@ class DeviceData:
     def __init__(self, splits: Splits, device: torch.device):
         self.device = device
         self.num_classes = splits.num_classes
+        self.image_size = splits.image_size
         self.train_x, self.train_y = splits.train_x.to(device), splits.train_y.to(device)
         self.val_x, self.val_y = splits.val_x.to(device), splits.val_y.to(device)
         self.test_x, self.test_y = splits.test_x.to(device), splits.test_y.to(device)

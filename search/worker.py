@@ -1,0 +1,312 @@
+"""A worker: takes trials of a stored study one at a time until the study's budget is spent.
+
+Any number of workers, on any hosts, may join one study; the storage is the only thing they
+share. A trial's life:
+
+    ask -> suggest a config -> costs of the target model (no GPU time) -> over a constraint?
+    -> INFEASIBLE (told COMPLETE with its constraint violations, never trained)
+    -> the same architecture already trained at this fidelity? -> REUSED (its result)
+    -> proxy training, reporting each epoch to the pruner -> COMPLETE / PRUNED / FAIL (reason)
+
+The budget (`--trials`) counts trials that finished (COMPLETE, PRUNED, or FAIL with a reason
+of their own such as a diverged loss). A trial lost with its worker (heartbeat stale) or
+interrupted is failed and queued again, so it is retried rather than counted.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from search.pruning import CURVE_ATTR, MOASHA
+from search.space import arch_hash
+from search.study import BUDGET_ATTR, StudySpec, load_spec, load_study
+from search.train import load_splits
+from search.workspace import workspace_dir
+from spaces.cost import measure_latency, target_and_proxy_costs
+from spaces.errors import UserError
+from trainers.proxy import DeviceData, ProxyTrainer
+
+STATE_ATTR, REASON_ATTR, COUNTED_ATTR = "state", "reason", "counted"
+WAIT_SECONDS = 2.0
+
+
+class TrialFailed(Exception):
+    """The trial ran and failed for a reason of its own (diverged, out of memory, error)."""
+
+
+class SurplusTrial(Exception):
+    """The trial was asked after the budget was already taken by other workers' trials."""
+
+
+@dataclass
+class Budget:
+    finished: int
+    reserved: int  # finished + running + waiting
+    waiting: int
+
+
+def budget(study: optuna.Study) -> Budget:
+    trials = study.get_trials(deepcopy=False)
+    finished = sum(1 for t in trials if counts(t) and t.state.is_finished())
+    waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
+    running = sum(1 for t in trials if t.state == TrialState.RUNNING)
+    return Budget(finished, finished + running + waiting, waiting)
+
+
+def counts(t: optuna.trial.FrozenTrial) -> bool:
+    """Whether a trial holds a slot of the budget."""
+    if t.state == TrialState.FAIL:
+        return bool(t.user_attrs.get(COUNTED_ATTR))
+    return True
+
+
+def original_number(t: Any) -> int:
+    """The number of the trial this one retries (itself if it is not a retry)."""
+    attrs = t.user_attrs
+    if "retry_of" in attrs:
+        return attrs["retry_of"]
+    system = getattr(t, "system_attrs", None)
+    if system is None:  # a live Trial: read its frozen state
+        system = t.study._storage.get_trial_system_attrs(t._trial_id)
+    return system.get("failed_trial", t.number)
+
+
+def trial_seed(study_seed: int, number: int) -> int:
+    return (study_seed * 1_000_003 + number) % (2**31 - 1)
+
+
+def make_sampler(spec: StudySpec, worker_index: int) -> optuna.samplers.BaseSampler:
+    # each worker gets its own stream, or parallel workers would propose the same configs
+    seed = trial_seed(spec.seed, 7919 * (worker_index + 1))
+    if spec.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
+    if spec.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True,
+                                          n_startup_trials=8)
+    if spec.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=8)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def make_optuna_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    if spec.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=spec.min_epochs,
+                                              max_resource=spec.epochs,
+                                              reduction_factor=spec.eta)
+    if spec.pruner == "median":
+        return optuna.pruners.MedianPruner(n_warmup_steps=spec.min_epochs - 1)
+    return optuna.pruners.NopPruner()
+
+
+class TrialRunner:
+    """The objective function of one worker (its data and trainer are reused across trials)."""
+
+    def __init__(self, study: optuna.Study, spec: StudySpec, data: DeviceData,
+                 trainer: ProxyTrainer, workspace: Path, log=print):
+        self.study, self.spec, self.data, self.trainer = study, spec, data, trainer
+        self.checkpoints = workspace / "checkpoints" / spec.name
+        self.log = log
+        self.moasha = (MOASHA(spec.objectives, spec.rungs, spec.eta)
+                       if spec.pruner == "moasha" else None)
+        self.metrics = {o.metric for o in spec.objectives}
+        self.constrained = any(v is not None for v in (spec.max_params, spec.max_macs,
+                                                       spec.max_latency_ms))
+
+    def __call__(self, trial: optuna.Trial) -> list[float]:
+        try:
+            return self._run(trial)
+        except (optuna.TrialPruned, TrialFailed, SurplusTrial):
+            raise
+        except Exception as err:  # a crash fails this trial, with its reason; the study goes on
+            message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            trial.set_user_attr(STATE_ATTR, "FAIL")
+            trial.set_user_attr(REASON_ATTR, f"error: {type(err).__name__}: {message}"[:500])
+            trial.set_user_attr(COUNTED_ATTR, True)
+            self.log(f"trial {trial.number} failed: {type(err).__name__}: {message}")
+            raise TrialFailed(type(err).__name__) from err
+        except KeyboardInterrupt:
+            trial.set_user_attr(REASON_ATTR, "interrupted")
+            trial.set_user_attr(STATE_ATTR, "FAIL")
+            self.study.enqueue_trial(trial.params, user_attrs={
+                "retry_of": original_number(trial)})
+            raise
+
+    def _run(self, trial: optuna.Trial) -> list[float]:
+        spec = self.spec
+        family, proxy = spec.space.suggest(trial)
+        digest = arch_hash(family, proxy)
+        trial.set_user_attr("family", family.name)
+        trial.set_user_attr("config", asdict(proxy))
+        trial.set_user_attr("label", family.label(proxy))
+        trial.set_user_attr("arch_hash", digest)
+        trial.set_user_attr("fidelity", spec.epochs)
+        self._check_surplus(trial)
+        costs = target_and_proxy_costs(family, proxy, spec.target_size, spec.target_classes)
+        if "latency_ms" in self.metrics or spec.max_latency_ms is not None:
+            target = family.build(family.to_target(proxy, spec.target_size),
+                                  spec.target_classes, spec.target_size)
+            latency = measure_latency(target, spec.target_size, device=self.trainer.device)
+            costs["latency_ms"] = latency.median_ms
+            trial.set_user_attr("latency", latency.as_dict())
+            del target
+        trial.set_user_attr("costs", costs)
+        if self._infeasible(trial, costs):
+            trial.set_user_attr(STATE_ATTR, "INFEASIBLE")
+            return self._values(0.0, costs)
+        prior = self._prior(digest, trial.number)
+        if prior is not None:
+            return self._reuse(trial, prior, costs)
+        return self._train(trial, family, proxy, costs, digest)
+
+    # --- the steps ----------------------------------------------------------------------
+    def _check_surplus(self, trial: optuna.Trial) -> None:
+        n = self.study.user_attrs.get(BUDGET_ATTR, math.inf)
+        alive = sorted(t.number for t in self.study.get_trials(deepcopy=False) if counts(t))
+        if alive.index(trial.number) >= n:
+            trial.set_user_attr(REASON_ATTR, "surplus: the budget was taken by other workers")
+            trial.set_user_attr(STATE_ATTR, "FAIL")
+            raise SurplusTrial()
+
+    def _infeasible(self, trial: optuna.Trial, costs: dict[str, float]) -> bool:
+        if not self.constrained:
+            return False
+        limits = {"params": self.spec.max_params, "macs": self.spec.max_macs,
+                  "latency_ms": self.spec.max_latency_ms}
+        violated = False
+        for metric, limit in limits.items():
+            if limit is None:
+                continue
+            violation = (costs[metric] - limit) / limit  # <= 0 is feasible
+            trial.set_constraint(metric, violation)
+            violated |= violation > 0
+        return violated
+
+    def _prior(self, digest: str, number: int) -> optuna.trial.FrozenTrial | None:
+        """An earlier trial that trained this architecture to the same fidelity."""
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
+                                                               TrialState.PRUNED)):
+            if (t.number != number and t.user_attrs.get("arch_hash") == digest
+                    and t.user_attrs.get("fidelity") == self.spec.epochs
+                    and t.user_attrs.get(STATE_ATTR) in ("COMPLETE", "PRUNED")):
+                return t
+        return None
+
+    def _reuse(self, trial, prior, costs):
+        trial.set_user_attr("reused_from", prior.number)
+        trial.set_user_attr(CURVE_ATTR, prior.user_attrs.get(CURVE_ATTR, []))
+        trial.set_user_attr(STATE_ATTR, "REUSED")
+        if prior.state == TrialState.PRUNED:
+            trial.set_user_attr(REASON_ATTR, f"reused trial {prior.number}, which was pruned")
+            raise optuna.TrialPruned()
+        trial.set_user_attr(REASON_ATTR, f"reused trial {prior.number}")
+        return list(prior.values)
+
+    def _train(self, trial, family, proxy, costs, digest):
+        spec, data = self.spec, self.data
+        seed = trial_seed(spec.seed, original_number(trial))
+        trial.set_user_attr("seed", seed)
+        trial.set_user_attr("device", str(self.trainer.device))
+        config = family.to_target(proxy, data.image_size)  # the proxy itself on 32 px data
+        torch.manual_seed(seed)
+        model = family.build(config, data.num_classes, data.image_size,
+                             drop_path=spec.recipe_obj.drop_path)
+        curve: list[dict[str, float]] = []
+
+        def report(epoch: int, metrics: dict[str, float]) -> str:
+            curve.append({k: float(v) for k, v in metrics.items()})
+            trial.set_user_attr(CURVE_ATTR, curve)
+            if self.moasha is not None:
+                stop = self.moasha.should_stop(self.study, trial.number, epoch,
+                                               metrics["val_acc"], costs)
+            elif len(spec.objectives) == 1:
+                trial.report(metrics["val_acc"], epoch)
+                stop = trial.should_prune()
+            else:
+                stop = False
+            return "stop" if stop else "continue"
+
+        checkpoint = self.checkpoints / f"{digest}-s{seed}.pt"
+        result = self.trainer.fit(model, data, report=report, seed=seed, checkpoint=checkpoint)
+        del model
+        checkpoint.unlink(missing_ok=True)
+        trial.set_user_attr("seconds", result.seconds)
+        trial.set_user_attr("epochs_run", result.epochs)
+        if result.peak_memory_bytes is not None:
+            trial.set_user_attr("peak_memory_bytes", result.peak_memory_bytes)
+        if result.status == "stopped":
+            trial.set_user_attr(STATE_ATTR, "PRUNED")
+            trial.set_user_attr(REASON_ATTR, f"pruned at epoch {result.epochs}")
+            raise optuna.TrialPruned()
+        if result.status in ("diverged", "oom"):
+            trial.set_user_attr(STATE_ATTR, "FAIL")
+            trial.set_user_attr(REASON_ATTR, f"{result.status}: {result.reason}")
+            trial.set_user_attr(COUNTED_ATTR, True)
+            raise TrialFailed(result.status)
+        trial.set_user_attr(STATE_ATTR, "COMPLETE")
+        return self._values(result.val_acc, costs)
+
+    def _values(self, val_acc: float, costs: dict[str, float]) -> list[float]:
+        return [val_acc if o.metric == "val_acc" else float(costs[o.metric])
+                for o in self.spec.objectives]
+
+
+def run_worker(name: str, storage_url: str, *, device: str | None = None,
+               worker_index: int = 0, workspace: str | Path | None = None,
+               data: str | None = None, log=None) -> int:
+    """Run trials of study `name` until its budget is spent; returns how many it ran."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    study = load_study(name, storage_url, heartbeat=True)
+    spec = load_spec(study)
+    study = optuna.load_study(study_name=name, storage=study._storage,
+                              sampler=make_sampler(spec, worker_index),
+                              pruner=make_optuna_pruner(spec))
+    workspace = workspace_dir(workspace)
+    splits = load_splits(data or spec.data, workspace, val_size=spec.val_size,
+                         subset=spec.subset, seed=spec.seed)
+    if spec.data_hash and splits.content_hash != spec.data_hash:
+        raise UserError(f"the data at {data or spec.data} differs from the study's (content "
+                        f"hash {splits.content_hash[:12]} vs {spec.data_hash[:12]}); give "
+                        f"--data the same dataset")
+    trainer = ProxyTrainer(spec.recipe_obj, device=device)
+    runner = TrialRunner(study, spec, DeviceData(splits, trainer.device), trainer, workspace,
+                         log)
+    ran = 0
+    while True:
+        n = study.user_attrs.get(BUDGET_ATTR, 0)
+        state = budget(study)
+        if state.finished >= n:
+            return ran
+        if state.reserved >= n and not state.waiting:
+            # the rest of the budget is running elsewhere; wait, and retry trials whose
+            # worker died (their heartbeats stop and they are failed and queued again)
+            time.sleep(WAIT_SECONDS)
+            optuna.storages.fail_stale_trials(study)
+            continue
+        study.optimize(runner, n_trials=1, catch=(TrialFailed, SurplusTrial),
+                       gc_after_trial=True)
+        ran += 1
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM ends a worker like Ctrl-C: its trial is failed, queued again, nothing hangs."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def threads_from_env() -> None:
+    threads = os.environ.get("PATCHNAS_THREADS")
+    if threads:
+        torch.set_num_threads(int(threads))
