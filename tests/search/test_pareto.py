@@ -1,0 +1,87 @@
+"""Pareto logic, the normalized hypervolume and the MO-ASHA rung rule."""
+
+import itertools
+import random
+
+import pytest
+
+from search.objectives import normalize, normalized_hypervolume, parse_objectives
+from search.pareto import (crowding_distances, dominates, hypervolume, nondominated_ranks,
+                           nsga2_order, pareto_front)
+from search.pruning import rung_keeps
+from spaces.errors import UserError
+
+
+def test_dominance_and_ranks():
+    pts = [(1, 5), (2, 2), (5, 1), (3, 3), (4, 4), (2, 2)]
+    assert dominates((1, 1), (1, 2)) and not dominates((1, 2), (2, 1))
+    assert not dominates((2, 2), (2, 2))
+    assert nondominated_ranks(pts) == [0, 0, 0, 1, 2, 0]
+    assert pareto_front(pts) == [0, 1, 2, 5]
+
+
+def test_crowding_prefers_boundaries_and_sparse_regions():
+    d = crowding_distances([(0, 10), (1, 9), (5, 5), (10, 0)])
+    assert d[0] == d[3] == float("inf") and d[2] > d[1]
+    order = nsga2_order([(0, 10), (1, 9), (5, 5), (10, 0), (6, 6)])
+    assert order[-1] == 4 and set(order[:2]) == {0, 3}
+
+
+def brute_force_hv(points, ref, grid=60):
+    """Count grid cells dominated by some point: an independent check of `hypervolume`."""
+    dims = len(ref)
+    step = [r / grid for r in ref]
+    count = 0
+    for cell in itertools.product(range(grid), repeat=dims):
+        centre = [(c + 0.5) * s for c, s in zip(cell, step, strict=True)]
+        if any(all(p[i] <= centre[i] for i in range(dims)) for p in points):
+            count += 1
+    vol = 1.0
+    for r in ref:
+        vol *= r
+    return count / grid**dims * vol
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_hypervolume_matches_brute_force(dims):
+    rng = random.Random(dims)
+    points = [tuple(rng.random() for _ in range(dims)) for _ in range(12)]
+    ref = (1.0,) * dims
+    assert hypervolume(points, ref) == pytest.approx(brute_force_hv(points, ref, 60 if dims == 2
+                                                                    else 24), abs=0.03)
+
+
+def test_hypervolume_known_values():
+    assert hypervolume([(0.5, 0.5)], (1, 1)) == pytest.approx(0.25)
+    assert hypervolume([(0.0, 0.5), (0.5, 0.0)], (1, 1)) == pytest.approx(0.75)
+    assert hypervolume([(2, 2)], (1, 1)) == 0.0  # outside the reference box
+    assert hypervolume([(0.5, 0.5, 0.5)], (1, 1, 1)) == pytest.approx(0.125)
+
+
+def test_objectives_parse_and_refuse_nonsense():
+    objs = parse_objectives("val_acc:max,params:min")
+    assert [str(o) for o in objs] == ["val_acc:max", "params:min"]
+    assert [o.optuna_direction for o in parse_objectives("val_acc,macs")] == \
+        ["maximize", "minimize"]
+    for bad, message in [("accuracy:max", "unknown objective"), ("params:max", "only be min"),
+                         ("params:min", "val_acc must be"), ("val_acc,val_acc", "once")]:
+        with pytest.raises(UserError, match=message):
+            parse_objectives(bad)
+
+
+def test_normalized_hypervolume_is_in_unit_box_and_log_scaled():
+    objs = parse_objectives("val_acc:max,params:min")
+    bounds = {"params": (1e4, 1e8)}
+    assert normalize(objs, [0.9, 1e6], bounds) == pytest.approx([0.1, 0.5])
+    assert normalize(objs, [0.9, 1e4], bounds) == pytest.approx([0.1, 0.0])
+    best = normalized_hypervolume(objs, [[1.0, 1e4]], bounds)
+    assert best == pytest.approx(1.0)
+    assert 0 < normalized_hypervolume(objs, [[0.9, 1e6], [0.8, 1e5]], bounds) < 1
+
+
+def test_rung_keeps_the_best_third_by_rank_then_crowding():
+    # minimization vectors (-acc, params): three on the front, three dominated
+    pts = [(-0.9, 10), (-0.8, 5), (-0.7, 1), (-0.6, 10), (-0.5, 10), (-0.4, 10)]
+    kept = [i for i in range(6) if rung_keeps(pts, i, eta=3)]
+    assert len(kept) == 2 and set(kept) <= {0, 1, 2}
+    assert all(rung_keeps(pts[:2], i, eta=3) for i in range(2))  # too few to halve yet

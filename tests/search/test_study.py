@@ -1,0 +1,98 @@
+"""Study creation, resume checks and bad input, on real Optuna SQLite storage."""
+
+import optuna
+import pytest
+
+from search.runner import build_spec
+from search.storage import open_storage, redact
+from search.study import BUDGET_ATTR, create_or_resume, load_spec, load_study
+from spaces.errors import UserError
+from tests.search.conftest import TINY
+
+
+def spec(name="s", **changes):
+    return build_spec(name, {**TINY, **changes}, None, "/data")
+
+
+def test_spec_round_trips_through_the_storage(tmp_path):
+    url = f"sqlite:///{tmp_path}/o.db"
+    s = spec(max_params=1e6)
+    study = create_or_resume(s, url, 5)
+    again = load_spec(load_study("s", url))
+    assert again == s
+    assert again.sampler == "nsga2" and again.pruner == "moasha"  # several objectives
+    assert study.user_attrs[BUDGET_ATTR] == 5
+    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE,
+                                optuna.study.StudyDirection.MINIMIZE]
+
+
+def test_single_objective_defaults_to_tpe_and_hyperband():
+    s = spec(objectives="val_acc:max")
+    assert (s.sampler, s.pruner) == ("tpe", "hyperband")
+
+
+def test_resume_with_another_space_is_refused_and_nothing_changes(tmp_path):
+    url = f"sqlite:///{tmp_path}/o.db"
+    create_or_resume(spec(), url, 5)
+    other = spec(overrides={"h": "16..64:16", "d": "1..2", "p": "4", "k": "3"})
+    with pytest.raises(UserError, match="exists with a different space"):
+        create_or_resume(other, url, 9)
+    assert load_study("s", url).user_attrs[BUDGET_ATTR] == 5
+    with pytest.raises(UserError, match="different epochs"):
+        create_or_resume(spec(epochs=3), url, 5)
+
+
+def test_resume_grows_the_budget_and_warns_about_other_data(tmp_path):
+    url = f"sqlite:///{tmp_path}/o.db"
+    create_or_resume(spec(), url, 5)
+    warnings = []
+    from dataclasses import replace
+    study = create_or_resume(replace(spec(), data_hash="other"), url, 8, log=warnings.append)
+    assert study.user_attrs[BUDGET_ATTR] == 8
+    assert any("other data" in w for w in warnings)
+    assert create_or_resume(spec(), url, None).user_attrs[BUDGET_ATTR] == 8
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"objectives": "accuracy:max"}, "unknown objective"),
+    ({"objectives": "val_acc:max,params:min", "pruner": "hyperband"}, "one objective only"),
+    ({"family": "resnet"}, "unknown family"),
+    ({"overrides": {"depth": "2"}}, "unknown parameter"),
+    ({"epochs": 0}, "must be >= 1"),
+    ({"recipe": {"momentum": 0.9}}, "unknown recipe setting"),
+])
+def test_bad_settings_are_one_clear_error(changes, message):
+    with pytest.raises(UserError, match=message):
+        spec(**changes)
+
+
+def test_impossible_constraint_is_refused_before_anything_is_stored(tmp_path):
+    url = f"sqlite:///{tmp_path}/o.db"
+    with pytest.raises(UserError, match="impossible constraint.*smallest model"):
+        create_or_resume(spec(max_params=10), url, 5)
+    assert optuna.get_all_study_summaries(open_storage(url, heartbeat=False)) == []
+
+
+def test_unreachable_storage_is_one_line_without_the_password():
+    url = "postgresql+psycopg://alice:s3cret@127.0.0.1:9/nowhere"
+    with pytest.raises(UserError) as err:
+        open_storage(url)
+    text = str(err.value)
+    assert "cannot open the study storage" in text and "s3cret" not in text
+    assert "\n" not in text
+    assert redact(url) == "postgresql+psycopg://alice:***@127.0.0.1:9/nowhere"
+
+
+def test_several_families_make_a_conditional_space():
+    s = spec(family="convmixer,coatnet", overrides={"convmixer.h": "16..32:16", "L3": "1"})
+    assert s.space.overrides == {"convmixer": {"h": "16..32:16"}, "coatnet": {"L3": "1"}}
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    families = set()
+    for _ in range(12):
+        trial = study.ask()
+        family, config = s.space.suggest(trial)
+        families.add(family.name)
+        assert trial.params["family"] == family.name
+        assert all(k == "family" or k.startswith(family.name + ".") for k in trial.params)
+        study.tell(trial, [0.5, 1.0])
+    assert families == {"convmixer", "coatnet"}
