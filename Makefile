@@ -12,10 +12,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# The shared real CIFAR-10 when it sits beside the checkout; else the workspace default
+# (<workspace>/data/cifar10, downloaded there when online).
+DATA ?= $(firstword $(wildcard ../shared/data/cifar10-jpeg.tar.gz))
+DEMO_DATA := $(if $(DATA),--data $(DATA),)
+
 demo: $(STAMP)
-	$(BIN)/patchnas spaces list
-	@for p in $$($(BIN)/python -c "import spaces; print(' '.join(spaces.preset_names()))"); do \
-		$(BIN)/patchnas spaces show $$p || exit 1; done
+	$(BIN)/patchnas search run --name demo --family convmixer \
+		--set h=64..256:32 d=2..6 p=2,4 k=3,5,7 --trials 8 --epochs 2 --subset 5000 \
+		--workers 2 $(DEMO_DATA)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
