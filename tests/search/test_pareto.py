@@ -6,8 +6,14 @@ import random
 import pytest
 
 from search.objectives import normalize, normalized_hypervolume, parse_objectives
-from search.pareto import (crowding_distances, dominates, hypervolume, nondominated_ranks,
-                           nsga2_order, pareto_front)
+from search.pareto import (
+    crowding_distances,
+    dominates,
+    hypervolume,
+    nondominated_ranks,
+    nsga2_order,
+    pareto_front,
+)
 from search.pruning import rung_keeps
 from spaces.errors import UserError
 
@@ -79,9 +85,11 @@ def test_normalized_hypervolume_is_in_unit_box_and_log_scaled():
     assert 0 < normalized_hypervolume(objs, [[0.9, 1e6], [0.8, 1e5]], bounds) < 1
 
 
-def test_rung_keeps_the_best_third_by_rank_then_crowding():
-    # minimization vectors (-acc, params): three on the front, three dominated
-    pts = [(-0.9, 10), (-0.8, 5), (-0.7, 1), (-0.6, 10), (-0.5, 10), (-0.4, 10)]
-    kept = [i for i in range(6) if rung_keeps(pts, i, eta=3)]
-    assert len(kept) == 2 and set(kept) <= {0, 1, 2}
+def test_rung_keeps_its_front_and_the_best_third():
+    # minimization vectors (-acc, params): one front point, then a dominated crowd
+    pts = [(-0.9, 1), (-0.8, 5), (-0.7, 6), (-0.6, 7), (-0.5, 8), (-0.4, 9)]
+    assert [i for i in range(6) if rung_keeps(pts, i, eta=3)] == [0, 1]  # ceil(6/3) = 2
+    # every non-dominated point continues, even beyond the best third
+    front = [(-0.9, 10), (-0.8, 5), (-0.7, 1), (-0.6, 10), (-0.5, 10), (-0.4, 10)]
+    assert [i for i in range(6) if rung_keeps(front, i, eta=3)] == [0, 1, 2]
     assert all(rung_keeps(pts[:2], i, eta=3) for i in range(2))  # too few to halve yet

@@ -1,0 +1,96 @@
+"""Search overhead: trials with a zero-cost objective through patchnas vs. bare Optuna.
+
+    python bench/search_overhead.py [--trials 500]
+
+Both loops use the same kind of storage (a fresh SQLite file each), the same sampler
+(NSGA-II) and the same space (ConvMixer, two objectives). The bare loop suggests the
+parameters and returns constants. The patchnas loop runs the real worker machinery (budget
+accounting, the family's define-by-run space, target and proxy costs, constraint and reuse
+checks, trial attributes) with a trainer that returns at once. Prints the time ratio.
+Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import optuna
+import torch
+
+from search.runner import build_spec
+from search.study import create_or_resume
+from search.worker import TrialRunner, make_sampler, run_trials
+from trainers.data import Splits
+from trainers.proxy import DeviceData, ProxyResult
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class ZeroCostTrainer:
+    """Stands in for ProxyTrainer: reports one epoch and returns at once."""
+
+    device = torch.device("cpu")
+
+    def fit(self, model, data, report=None, seed=0, checkpoint=None, evaluate_test=False):
+        acc = float(torch.rand(1))
+        if report is not None:
+            report(1, {"epoch": 1, "val_acc": acc, "train_loss": 1.0, "lr": 0.0,
+                       "epoch_seconds": 0.0, "images_per_s": 0.0})
+        return ProxyResult("completed", None, acc, 1.0, 1, [0.0], 0.0, 0.0, None, None)
+
+
+def tiny_data() -> DeviceData:
+    x = torch.zeros(20, 3, 32, 32, dtype=torch.uint8)
+    y = torch.arange(20) % 10
+    return DeviceData(Splits("zero", [str(i) for i in range(10)], x, y, x, y, x, y, "zero"),
+                      torch.device("cpu"))
+
+
+def bare_optuna(url: str, n: int) -> float:
+    study = optuna.create_study(storage=url, directions=["maximize", "minimize"],
+                                sampler=optuna.samplers.NSGAIISampler(seed=0,
+                                                                      population_size=20))
+
+    def objective(trial):
+        trial.suggest_int("h", 64, 1536, step=32)
+        trial.suggest_int("d", 2, 32)
+        trial.suggest_categorical("p", [1, 2, 4])
+        trial.suggest_int("k", 3, 11, step=2)
+        trial.suggest_categorical("act", ["gelu", "relu"])
+        return 0.5, 1.0
+
+    start = time.perf_counter()
+    study.optimize(objective, n_trials=n)
+    return time.perf_counter() - start
+
+
+def through_patchnas(url: str, n: int, workspace: Path) -> float:
+    spec = build_spec("overhead", {"epochs": 1, "pruner": "none", "sampler": "nsga2"}, None,
+                      "zero")
+    study = create_or_resume(replace(spec, data_hash="zero"), url, n)
+    study = optuna.load_study(study_name="overhead", storage=url,
+                              sampler=make_sampler(spec, 0))
+    runner = TrialRunner(study, spec, tiny_data(), ZeroCostTrainer(), workspace)
+    start = time.perf_counter()
+    run_trials(study, runner)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--trials", type=int, default=500)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        bare = bare_optuna(f"sqlite:///{tmp}/bare.db", args.trials)
+        ours = through_patchnas(f"sqlite:///{tmp}/ours.db", args.trials, Path(tmp))
+    print(f"{args.trials} trials: bare Optuna {bare:.1f}s ({bare / args.trials * 1000:.1f} "
+          f"ms/trial), patchnas {ours:.1f}s ({ours / args.trials * 1000:.1f} ms/trial); "
+          f"ratio {ours / bare:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
