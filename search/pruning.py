@@ -4,7 +4,8 @@ Optuna 5 refuses `trial.report` in multi-objective studies and Ray's schedulers 
 metric. MO-ASHA (Schmucker et al., 2021) does asynchronous successive halving with a
 multi-objective ranking: at each rung (epochs min_epochs * eta^k), a trial continues only if
 nothing that reached the rung dominates it, or if it is in the best 1/eta of those trials,
-ordered by non-dominated rank and then crowding distance (NSGA-II's order). Costs are fixed per architecture, so what
+ordered by non-dominated rank and then crowding distance (NSGA-II's order). Costs are fixed
+per architecture, so what
 changes between rungs is the accuracy.
 
 Intermediate metrics live in each trial's user attributes (`curve`: one dict per epoch), so

@@ -120,6 +120,7 @@ class TrialRunner:
         self.moasha = (MOASHA(spec.objectives, spec.rungs, spec.eta)
                        if spec.pruner == "moasha" else None)
         self.metrics = {o.metric for o in spec.objectives}
+        self.cost_cache: dict[str, dict[str, float]] = {}
         self.constrained = any(v is not None for v in (spec.max_params, spec.max_macs,
                                                        spec.max_latency_ms))
 
@@ -152,7 +153,7 @@ class TrialRunner:
         trial.set_user_attr("arch_hash", digest)
         trial.set_user_attr("fidelity", spec.epochs)
         self._check_surplus(trial)
-        costs = target_and_proxy_costs(family, proxy, spec.target_size, spec.target_classes)
+        costs = self._costs(family, proxy, digest)
         if "latency_ms" in self.metrics or spec.max_latency_ms is not None:
             target = family.build(family.to_target(proxy, spec.target_size),
                                   spec.target_classes, spec.target_size)
@@ -170,6 +171,12 @@ class TrialRunner:
         return self._train(trial, family, proxy, costs, digest)
 
     # --- the steps ----------------------------------------------------------------------
+    def _costs(self, family, proxy, digest: str) -> dict[str, float]:
+        if digest not in self.cost_cache:  # counting MACs runs the model on the meta device
+            self.cost_cache[digest] = target_and_proxy_costs(
+                family, proxy, self.spec.target_size, self.spec.target_classes)
+        return dict(self.cost_cache[digest])
+
     def _check_surplus(self, trial: optuna.Trial) -> None:
         n = self.study.user_attrs.get(BUDGET_ATTR, math.inf)
         alive = sorted(t.number for t in self.study.get_trials(deepcopy=False) if counts(t))
@@ -281,6 +288,11 @@ def run_worker(name: str, storage_url: str, *, device: str | None = None,
     trainer = ProxyTrainer(spec.recipe_obj, device=device)
     runner = TrialRunner(study, spec, DeviceData(splits, trainer.device), trainer, workspace,
                          log)
+    return run_trials(study, runner)
+
+
+def run_trials(study: optuna.Study, runner: TrialRunner) -> int:
+    """The worker loop: one trial at a time until the study's budget is spent."""
     ran = 0
     while True:
         n = study.user_attrs.get(BUDGET_ATTR, 0)
@@ -294,7 +306,7 @@ def run_worker(name: str, storage_url: str, *, device: str | None = None,
             optuna.storages.fail_stale_trials(study)
             continue
         study.optimize(runner, n_trials=1, catch=(TrialFailed, SurplusTrial),
-                       gc_after_trial=True)
+                       gc_after_trial=False)
         ran += 1
 
 

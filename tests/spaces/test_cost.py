@@ -51,6 +51,17 @@ def test_cpu_sdpa_without_mask_is_counted():
     assert counter.get_total_flops() == 2 * (2 * 2 * 4 * 49 * 49 * 32)
 
 
+@pytest.mark.parametrize("name", ["convmixer-768-32", "convmlp-s", "coatnet-0"])
+def test_fast_counting_equals_counting_the_whole_model(name):
+    """`costs` drops norms and activations before counting; the count must not change."""
+    from spaces.cost import costs
+
+    family, preset = spaces.preset(name)
+    with torch.device("meta"):
+        whole = count_macs(family.build(preset.config, 1000, 224), 224)
+    assert costs(family, preset.config, 224, 1000).macs == whole
+
+
 def test_params_are_exact():
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Linear(8, 2))
     assert count_params(model) == (3 * 8 * 9 + 8) + 16 + (8 * 2 + 2)
