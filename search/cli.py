@@ -42,6 +42,15 @@ def add_set_flag(parser: argparse.ArgumentParser) -> None:
              "NAME=LO..HI[:STEP] a range, NAME=a,b,c choices")
 
 
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """One model: `PRESET` or `--family F`, with `--set`/`--space` single values."""
+    parser.add_argument("preset", nargs="?", help="a preset name (see `patchnas spaces list`)")
+    parser.add_argument("--family", help="a family; unset parameters take its default "
+                                         "preset's")
+    add_set_flag(parser)
+    parser.add_argument("--space", metavar="FILE", help="a YAML file of NAME: VALUE")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="patchnas",
@@ -58,10 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = spaces_sub.add_parser(
         "show", help="one model: config, params and MACs at the target size and at 32 px")
-    show.add_argument("preset", nargs="?", help="a preset name (see `patchnas spaces list`)")
-    show.add_argument("--family", help="a family; unset parameters take its default preset's")
-    add_set_flag(show)
-    show.add_argument("--space", metavar="FILE", help="a YAML file of NAME: SPEC")
+    add_model_flags(show)
     show.add_argument("--image-size", type=int,
                       help="target image size (a preset's native size, else 224)")
     show.add_argument("--num-classes", type=int,
@@ -74,10 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          metavar="SUBCOMMAND")
     proxy = train_sub.add_parser(
         "proxy", help="a short CIFAR-10 proxy run of a preset (as its 32 px proxy) or a config")
-    proxy.add_argument("preset", nargs="?", help="a preset name (trained as its proxy config)")
-    proxy.add_argument("--family", help="a family; unset parameters take its default preset's")
-    add_set_flag(proxy)
-    proxy.add_argument("--space", metavar="FILE", help="a YAML file of NAME: VALUE")
+    add_model_flags(proxy)
     proxy.add_argument("--epochs", type=int, default=10)
     proxy.add_argument("--batch-size", type=int, default=Recipe.batch_size)
     proxy.add_argument("--lr", type=float, default=Recipe.lr, help="peak learning rate")

@@ -78,6 +78,17 @@ def _started(workspace, name):
                for t in trials(workspace, name))
 
 
+def _start_long_study(workspace, name):
+    """Start a study of 4 trials x 4 epochs and wait until a trial is training."""
+    cmd = [PATCHNAS, "search", "run", "--name", name, *SPACE, "--trials", "4", "--epochs",
+           "4", "--subset", "3000", "--val-size", "1000", "--workers", "2", "--device",
+           "cpu", "--pruner", "none", "--data", str(CIFAR_ARCHIVE)]
+    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=env_for(workspace))
+    assert wait_for(lambda: _started(workspace, name), 120)
+    return cmd, run
+
+
 def _resume_and_check(cmd, workspace, name, completed_before):
     again = subprocess.run(cmd, capture_output=True, text=True, env=env_for(workspace),
                            timeout=300)
@@ -92,12 +103,7 @@ def _resume_and_check(cmd, workspace, name, completed_before):
 
 def test_kill_9_of_a_worker_mid_trial_then_resume(cifar, tmp_path):
     name = "killed"
-    cmd = [PATCHNAS, "search", "run", "--name", name, *SPACE, "--trials", "4", "--epochs",
-           "4", "--subset", "3000", "--val-size", "1000", "--workers", "2", "--device",
-           "cpu", "--pruner", "none", "--data", str(CIFAR_ARCHIVE)]
-    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env=env_for(tmp_path))
-    assert wait_for(lambda: _started(tmp_path, name), 120)
+    cmd, run = _start_long_study(tmp_path, name)
     victims = worker_pids(name)
     assert len(victims) == 2
     os.kill(victims[0], signal.SIGKILL)
@@ -115,12 +121,7 @@ def test_kill_9_of_a_worker_mid_trial_then_resume(cifar, tmp_path):
 
 def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(cifar, tmp_path):
     name = "interrupted"
-    cmd = [PATCHNAS, "search", "run", "--name", name, *SPACE, "--trials", "4", "--epochs",
-           "4", "--subset", "3000", "--val-size", "1000", "--workers", "2", "--device",
-           "cpu", "--pruner", "none", "--data", str(CIFAR_ARCHIVE)]
-    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env=env_for(tmp_path))
-    assert wait_for(lambda: _started(tmp_path, name), 120)
+    cmd, run = _start_long_study(tmp_path, name)
     completed_then = sum(t.state == TrialState.COMPLETE for t in trials(tmp_path, name))
     run.send_signal(signal.SIGINT)
     _, err = run.communicate(timeout=120)
