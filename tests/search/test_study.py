@@ -96,3 +96,19 @@ def test_several_families_make_a_conditional_space():
         assert all(k == "family" or k.startswith(family.name + ".") for k in trial.params)
         study.tell(trial, [0.5, 1.0])
     assert families == {"convmixer", "coatnet"}
+
+
+def test_seed_presets_enqueue_the_paper_models_that_lie_in_the_space(tmp_path):
+    url = f"sqlite:///{tmp_path}/o.db"
+    s = build_spec("warm", {"family": "convmixer"}, None, "/data")
+    study = create_or_resume(s, url, 10, seed_presets=True)
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert sorted(t.user_attrs["preset"] for t in waiting) == [
+        "convmixer-1024-20", "convmixer-1536-20", "convmixer-256-8", "convmixer-768-32"]
+    cifar = next(t for t in waiting if t.user_attrs["preset"] == "convmixer-256-8")
+    assert cifar.system_attrs["fixed_params"] == {"h": 256, "d": 8, "p": 2, "k": 5,
+                                                  "act": "gelu"}
+    trial = study.ask()  # the queue comes first, and suggests exactly the preset's proxy
+    family, config = s.space.suggest(trial)
+    preset = family.presets[trial.user_attrs["preset"]]
+    assert config == family.to_proxy(preset.config, preset.image_size)
