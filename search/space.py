@@ -55,12 +55,13 @@ class SearchSpace:
         return {name: spaces.get(name).space(self.overrides[name]) for name in self.families}
 
     def suggest(self, trial: Any) -> tuple[Family, Any]:
-        if len(self.families) == 1:
-            name, prefix = self.families[0], ""
-        else:
-            name = trial.suggest_categorical("family", list(self.families))
-            prefix = f"{name}."
-        return spaces.get(name), self.spaces()[name].suggest(trial, prefix)
+        name = (self.families[0] if len(self.families) == 1 else
+                trial.suggest_categorical("family", list(self.families)))
+        return spaces.get(name), self.spaces()[name].suggest(trial, self._prefix(name))
+
+    def _prefix(self, family: str) -> str:
+        """How a family's params are named in Optuna: bare alone, `family.` among several."""
+        return "" if len(self.families) == 1 else f"{family}."
 
     def corners(self) -> list[tuple[Family, Any]]:
         return [(space.family, config) for space in self.spaces().values()
@@ -84,21 +85,13 @@ class SearchSpace:
 
     def contains(self, family: Family, config: Any) -> bool:
         """Whether `config` is a point of this space (used for warm starts)."""
-        if family.name not in self.families:
-            return False
-        for param in self.spaces()[family.name].params:
-            value, d = getattr(config, param.name), param.domain
-            if isinstance(d, spaces.Choices):
-                if value not in d.values:
-                    return False
-            elif not d.low <= value <= d.high or (d.step and (value - d.low) % d.step):
-                return False
-        return True
+        return family.name in self.families and all(
+            p.admits(getattr(config, p.name)) for p in self.spaces()[family.name].params)
 
     def params_of(self, family: Family, config: Any) -> dict[str, Any]:
         """Optuna params that make `suggest` return `config` (for enqueueing it)."""
-        prefix = "" if len(self.families) == 1 else f"{family.name}."
-        out = {} if not prefix else {"family": family.name}
+        prefix = self._prefix(family.name)
+        out = {"family": family.name} if prefix else {}
         for param in self.spaces()[family.name].params:
             if not param.fixed:
                 out[prefix + param.name] = getattr(config, param.name)

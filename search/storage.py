@@ -37,7 +37,6 @@ def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.RDBStorage
     Call it once in the parent before any worker starts: several processes creating a fresh
     SQLite database at the same moment fail.
     """
-    engine_kwargs = {}
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":

@@ -141,24 +141,27 @@ def load_spec(study: optuna.Study) -> StudySpec:
     return StudySpec.from_dict(json.loads(raw))
 
 
-def load_study(name: str, storage_url: str, heartbeat: bool = False) -> optuna.Study:
-    storage = open_storage(storage_url, heartbeat=heartbeat)
+def _existing(name: str, storage: optuna.storages.BaseStorage) -> optuna.Study | None:
     try:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
+        return None
+
+
+def load_study(name: str, storage_url: str, heartbeat: bool = False) -> optuna.Study:
+    storage = open_storage(storage_url, heartbeat=heartbeat)
+    study = _existing(name, storage)
+    if study is None:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
         known = f"; studies there: {', '.join(names)}" if names else " (it holds no studies)"
-        raise UserError(f"no study {name!r} in {redact(storage_url)}{known}") from None
+        raise UserError(f"no study {name!r} in {redact(storage_url)}{known}")
+    return study
 
 
 def find_spec(name: str, storage_url: str) -> StudySpec | None:
     """The stored spec of study `name`, or None when there is no such study."""
-    storage = open_storage(storage_url, heartbeat=False)
-    try:
-        study = optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        return None
-    return load_spec(study)
+    study = _existing(name, open_storage(storage_url, heartbeat=False))
+    return None if study is None else load_spec(study)
 
 
 DEFAULT_TRIALS = 10
@@ -173,10 +176,7 @@ def create_or_resume(spec: StudySpec, storage_url: str, n_trials: int | None = N
     if n_trials is not None and n_trials < 1:
         raise UserError("--trials must be at least 1")
     storage = open_storage(storage_url, heartbeat=False)
-    try:
-        study = optuna.load_study(study_name=spec.name, storage=storage)
-    except KeyError:
-        study = None
+    study = _existing(spec.name, storage)
     if study is not None:
         stored = load_spec(study)
         _check_same(stored, spec)

@@ -47,7 +47,7 @@ def train_proxy(*, preset: str | None = None, family: str | None = None,
                 progress: bool = True) -> dict[str, Any]:
     """Train one proxy config and return what `--json` prints."""
     recipe = recipe or Recipe()
-    fam, proxy = spaces.resolve(preset, family=family, overrides=overrides)
+    fam, proxy, _ = spaces.resolve(preset, family=family, overrides=overrides)
     trainer = ProxyTrainer(recipe, device=device, compile=compile)  # checks the device first
     splits = load_splits(data, workspace_dir(workspace), download=download, val_size=val_size,
                          subset=subset, seed=seed)

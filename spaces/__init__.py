@@ -39,17 +39,18 @@ def preset(name: str) -> tuple[Family, Preset]:
 
 
 def resolve(preset_name: str | None = None, family: str | None = None,
-            overrides: dict | None = None) -> tuple[Family, object]:
-    """The family and the single 32 px proxy config that a preset or `--family F --set ...`
-    names; `overrides` (single values, proxy terms) change a preset's or family's defaults."""
+            overrides: dict | None = None) -> tuple[Family, object, Preset]:
+    """The family, the single 32 px proxy config that a preset or `--family F --set ...`
+    names, and its native setting (the preset's, or 224 px and 1000 classes for a family);
+    `overrides` (single values, proxy terms) change a preset's or family's defaults."""
     if (preset_name is None) == (family is None):
         raise UserError("name a preset (see `patchnas spaces list`) or give --family, not both")
     if preset_name is not None:
-        fam, chosen = preset(preset_name)
-        base = fam.to_proxy(chosen.config, chosen.image_size)
+        fam, native = preset(preset_name)
+        base = fam.to_proxy(native.config, native.image_size)
     else:
-        fam, base = get(family), None
-    return fam, fam.space(overrides).fixed_config(base)
+        fam, native, base = get(family), Preset(None), None
+    return fam, fam.space(overrides).fixed_config(base), native
 
 
 def preset_names() -> list[str]:

@@ -6,9 +6,8 @@ from dataclasses import asdict
 from typing import Any
 
 import spaces
-from spaces.cost import costs
+from spaces.cost import target_and_proxy_costs
 from spaces.errors import UserError
-from spaces.family import PROXY_SIZE
 
 
 def listing() -> list[dict[str, Any]]:
@@ -24,17 +23,12 @@ def show(preset: str | None = None, family: str | None = None,
     A preset is shown at its native size and class count unless told otherwise; a family
     at 224 px and 1000 classes. `overrides` (NAME=value, proxy terms) change single values.
     """
-    fam, proxy = spaces.resolve(preset, family=family, overrides=overrides)
-    native = spaces.preset(preset)[1] if preset is not None else spaces.Preset(None)
+    fam, proxy, native = spaces.resolve(preset, family=family, overrides=overrides)
     image_size = native.image_size if image_size is None else image_size
     num_classes = native.num_classes if num_classes is None else num_classes
     if image_size < 1 or num_classes < 1:
         raise UserError("--image-size and --num-classes must be positive")
     target = fam.to_target(proxy, image_size)
-    at_target = costs(fam, target, image_size, num_classes)
-    at_224 = at_target if image_size == 224 else costs(fam, fam.to_target(proxy, 224), 224,
-                                                      num_classes)
-    at_32 = costs(fam, proxy, PROXY_SIZE, 10)
     return {
         "family": fam.name,
         "preset": preset,
@@ -42,10 +36,6 @@ def show(preset: str | None = None, family: str | None = None,
         "image_size": image_size,
         "num_classes": num_classes,
         "config": asdict(target),
-        "params": at_target.params,
-        "macs": at_target.macs,
-        "macs_224": at_224.macs,
+        **target_and_proxy_costs(fam, proxy, image_size, num_classes),
         "proxy_config": asdict(proxy),
-        "proxy_params": at_32.params,
-        "macs_32": at_32.macs,
     }

@@ -141,6 +141,13 @@ class Param:
                             f"LO..HI or LO..HI:STEP")
         return self.type(value)
 
+    def admits(self, value: Value) -> bool:
+        """Whether `value` lies in this param's domain (on its step, for ranges)."""
+        d = self.domain
+        if isinstance(d, Choices):
+            return value in d.values
+        return d.low <= value <= d.high and not (d.step and (value - d.low) % d.step)
+
     def extremes(self) -> tuple[Value, ...]:
         """The values at which this param can make a model smallest or largest."""
         d = self.domain

@@ -318,6 +318,6 @@ class _Run:
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step, self.history = state["epoch"], state["step"], state["history"]
         torch.set_rng_state(state["cpu_rng"].cpu())
-        self.gen.set_state(state["gen"].cpu() if not self.t.cuda else state["gen"].cpu())
+        self.gen.set_state(state["gen"].cpu())
         if state["cuda_rng"] is not None and self.t.cuda:
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.t.device)

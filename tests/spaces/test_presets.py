@@ -79,10 +79,4 @@ def test_preset_proxy_lies_inside_the_default_search_space(name):
     family, preset = spaces.preset(name)
     proxy = family.to_proxy(preset.config, preset.image_size)
     for param in family.params:
-        value = getattr(proxy, param.name)
-        d = param.domain
-        if isinstance(d, spaces.Choices):
-            assert value in d.values, (name, param.name, value)
-        else:
-            assert d.low <= value <= d.high and (value - d.low) % (d.step or 1) == 0, \
-                (name, param.name, value)
+        assert param.admits(getattr(proxy, param.name)), (name, param.name)
