@@ -93,10 +93,10 @@ def run_search(name: str, given: dict[str, Any], options: RunOptions, log=None) 
     splits = load_splits(data, workspace, val_size=spec.val_size, subset=spec.subset,
                          seed=spec.seed)  # decodes into the cache once, for every worker
     spec = replace(spec, data_hash=splits.content_hash)
+    slots = worker_slots(options)  # a bad device flag is refused before anything is stored
     study = create_or_resume(spec, url, options.trials, seed_presets=options.seed_presets,
                              log=log)
     n_trials = study.user_attrs[BUDGET_ATTR]
-    slots = worker_slots(options)
     log(f"study {name}: {n_trials} trials, {len(slots)} worker(s) on "
         f"{', '.join(sorted({s['device'] for s in slots}))}; storage {redact(url)}")
     code = _run_workers(name, url, workspace, data, slots, study, options, log)
@@ -109,12 +109,17 @@ def worker_slots(options: RunOptions) -> list[dict[str, str]]:
     """One entry per worker process: its device and environment."""
     import torch
 
-    gpus = options.gpus
-    wants_cuda = options.device in (None, "cuda") and torch.cuda.is_available()
-    if options.device == "cuda" and not torch.cuda.is_available():
+    gpus, visible = options.gpus, torch.cuda.device_count()
+    if options.device == "cuda" and not visible:
         raise UserError("--device cuda, but no CUDA device is visible; use --device cpu")
-    if gpus is None and wants_cuda:
-        gpus = list(range(torch.cuda.device_count()))
+    if gpus and options.device == "cpu":
+        raise UserError("--gpus and --device cpu contradict each other; drop one")
+    bad = [g for g in gpus or [] if not 0 <= g < visible]
+    if bad:
+        raise UserError(f"--gpus {bad[0]}: this machine has {visible} visible CUDA device(s)"
+                        + ("; use --device cpu" if not visible else ""))
+    if gpus is None and options.device in (None, "cuda") and visible:
+        gpus = list(range(visible))
     if gpus:
         if options.trials_per_gpu < 1:
             raise UserError("--trials-per-gpu must be at least 1")

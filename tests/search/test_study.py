@@ -112,3 +112,21 @@ def test_seed_presets_enqueue_the_paper_models_that_lie_in_the_space(tmp_path):
     family, config = s.space.suggest(trial)
     preset = family.presets[trial.user_attrs["preset"]]
     assert config == family.to_proxy(preset.config, preset.image_size)
+
+
+def test_device_flags_are_checked_before_anything_runs():
+    import torch
+
+    from search.runner import RunOptions, worker_slots
+
+    if torch.cuda.is_available():
+        pytest.skip("the refusals below are about a machine without CUDA")
+    with pytest.raises(UserError, match="visible CUDA device"):
+        worker_slots(RunOptions(gpus=[0]))
+    with pytest.raises(UserError, match="contradict"):
+        worker_slots(RunOptions(gpus=[0], device="cpu"))
+    with pytest.raises(UserError, match="--device cuda"):
+        worker_slots(RunOptions(device="cuda"))
+    slots = worker_slots(RunOptions(workers=2))
+    assert [s["device"] for s in slots] == ["cpu", "cpu"]
+    assert all(int(s["PATCHNAS_THREADS"]) >= 1 for s in slots)
