@@ -127,7 +127,7 @@ def _spaces_list(args: argparse.Namespace) -> None:
 
     families = listing()
     if args.json:
-        return _print_json(families)
+        return print_json(families)
     for fam in families:
         print(f"{fam['family']}")
         for p in fam["params"]:
@@ -146,7 +146,7 @@ def _spaces_show(args: argparse.Namespace) -> None:
     result = show(preset=args.preset, family=args.family, overrides=overrides,
                   image_size=args.image_size, num_classes=args.num_classes)
     if args.json:
-        return _print_json(result)
+        return print_json(result)
     print(f"{result['label']}  ({result['image_size']} px, {result['num_classes']} classes)")
     print(f"  params {result['params'] / 1e6:.2f}M   MACs {result['macs'] / 1e9:.3f}G   "
           f"MACs@224 {result['macs_224'] / 1e9:.3f}G")
@@ -171,7 +171,7 @@ def _train_proxy(args: argparse.Namespace) -> int:
                          seed=args.seed, evaluate_test=args.test, download=args.download,
                          checkpoint=args.checkpoint)
     if args.json:
-        _print_json(result)
+        print_json(result)
     else:
         test = f"  test_acc {result['test_acc']:.4f}" if args.test else ""
         print(f"{result['status']}: val_acc {result['val_acc']}{test}  epochs "
@@ -182,9 +182,11 @@ def _train_proxy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_json(data: Any) -> None:
+def print_json(data: Any) -> int:
+    """stdout carries exactly this one JSON document."""
     json.dump(data, sys.stdout, indent=2)
     sys.stdout.write("\n")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
-import yaml
-
+from search.cli import add_set_flag, print_json
 from spaces.errors import UserError
-from spaces.overrides import collect_overrides
+from spaces.overrides import collect_overrides, read_yaml_mapping
+from spaces.params import parse_assignments
 
 # flag -> key of the study settings (`given` in search.runner.build_spec)
 SPEC_FLAGS = {"family": str, "objectives": str, "epochs": int, "min_epochs": int, "eta": int,
@@ -24,8 +22,6 @@ RUN_FLAGS = {"trials": int, "timeout": float, "workers": int, "trials_per_gpu": 
 
 
 def add_search_commands(commands) -> None:
-    from search.cli import add_set_flag
-
     search = commands.add_parser("search", help="multi-objective search studies")
     sub = search.add_subparsers(dest="search_command", required=True, metavar="SUBCOMMAND")
 
@@ -109,16 +105,7 @@ def _storage_url(args: argparse.Namespace) -> str:
 def _load_config(path: str | None) -> dict[str, Any]:
     if not path:
         return {}
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"--config {path}: no such file") from None
-    except (OSError, yaml.YAMLError) as err:
-        raise UserError(f"--config {path}: not a readable YAML file "
-                        f"({str(err).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"--config {path}: expected a mapping of settings, e.g. 'family: "
-                        f"convmixer'")
+    data = read_yaml_mapping(path, "--config", "family: convmixer")
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 
@@ -134,12 +121,10 @@ def _run(args: argparse.Namespace) -> int:
     name = args.name or config.get("name")
     if not name:
         raise UserError("give the study a --name")
-    overrides = {}
+    # the config's space file, then its `set` (a mapping or NAME=SPEC items), then the flags
+    overrides = collect_overrides([], config.get("space"))
     file_sets = config.get("set") or {}
-    if isinstance(file_sets, list):
-        file_sets = dict(item.split("=", 1) for item in file_sets)
-    overrides.update(collect_overrides([], config.get("space")) if config.get("space") else {})
-    overrides.update(file_sets)
+    overrides.update(parse_assignments(file_sets) if isinstance(file_sets, list) else file_sets)
     overrides.update(collect_overrides(args.sets, args.space))
     given = {k: (getattr(args, k) if getattr(args, k) is not None else config.get(k))
              for k in SPEC_FLAGS}
@@ -161,7 +146,7 @@ def _run(args: argparse.Namespace) -> int:
     result = run_search(name, given, options)
     front = result["front"]
     if args.json:
-        return _print_json(front)
+        return print_json(front)
     _print_front(front)
     return 0
 
@@ -198,7 +183,7 @@ def _list(args: argparse.Namespace) -> int:
 
     studies = list_studies(_storage_url(args))
     if args.json:
-        return _print_json(studies)
+        return print_json(studies)
     for s in studies:
         print(f"{s['name']:<24} {','.join(s['families']):<20} trials {s['trials']}/"
               f"{s['budget']}  front {s['front_size']}  hypervolume {s['hypervolume']}")
@@ -211,7 +196,7 @@ def _status(args: argparse.Namespace) -> int:
 
     s = status(load_study(args.name, _storage_url(args))).as_dict()
     if args.json:
-        return _print_json(s)
+        return print_json(s)
     counts = "  ".join(f"{k.lower()} {v}" for k, v in s["counts"].items() if v)
     hours = ", ".join(f"{v:.3f} {k}-hours" for k, v in s["device_hours"].items()) or "none"
     eta = "done" if not s["eta_seconds"] else f"about {s['eta_seconds'] / 60:.1f} min"
@@ -227,12 +212,8 @@ def _pareto(args: argparse.Namespace) -> int:
 
     front = pareto(load_study(args.name, _storage_url(args)))
     if args.json:
-        return _print_json(front)
+        return print_json(front)
     _print_front(front)
     return 0
 
 
-def _print_json(data: Any) -> int:
-    json.dump(data, sys.stdout, indent=2)
-    sys.stdout.write("\n")
-    return 0

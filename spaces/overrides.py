@@ -11,20 +11,25 @@ from spaces.errors import UserError
 from spaces.params import parse_assignments
 
 
-def load_space_file(path: str | Path) -> dict[str, Any]:
-    """A YAML mapping NAME: SPEC (a value, 'LO..HI[:STEP]', 'a,b,c' or a list of choices)."""
+def read_yaml_mapping(path: str | Path, flag: str, example: str) -> dict[str, Any]:
+    """The YAML mapping in the file that `flag` names; one clear error otherwise."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise UserError(f"--space {path}: no such file") from None
+        raise UserError(f"{flag} {path}: no such file") from None
     except (OSError, yaml.YAMLError) as err:
-        raise UserError(f"--space {path}: not a readable YAML file ({_first_line(err)})") from None
+        raise UserError(f"{flag} {path}: not a readable YAML file ({_first_line(err)})") from None
     if data is None:
         return {}
     if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
-        raise UserError(f"--space {path}: expected a mapping of NAME: SPEC, e.g. 'h: 64..256'")
+        raise UserError(f"{flag} {path}: expected a mapping, e.g. '{example}'")
     return data
+
+
+def load_space_file(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping NAME: SPEC (a value, 'LO..HI[:STEP]', 'a,b,c' or a list of choices)."""
+    return read_yaml_mapping(path, "--space", "h: 64..256")
 
 
 def collect_overrides(sets: list[str] | None, space_file: str | None) -> dict[str, Any]:
