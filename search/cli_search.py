@@ -57,6 +57,7 @@ def add_search_commands(commands) -> None:
     run.add_argument("--val-size", type=int)
     run.add_argument("--seed-presets", action="store_true",
                      help="enqueue the paper presets (as proxies) that lie in the space")
+    _tracking_flags(run)
     run.add_argument("--json", action="store_true", help="print the front as one JSON list")
     run.set_defaults(run=_run)
 
@@ -67,6 +68,7 @@ def add_search_commands(commands) -> None:
     worker.add_argument("--data", metavar="PATH", help="this host's copy of the study's data")
     worker.add_argument("--worker-index", type=int, default=None,
                         help="seeds this worker's sampler stream (default: from the pid)")
+    _tracking_flags(worker)
     worker.set_defaults(run=_worker)
 
     listing = sub.add_parser("list", help="the studies in a storage")
@@ -85,6 +87,13 @@ def add_search_commands(commands) -> None:
     _storage_flags(pareto)
     pareto.add_argument("--json", action="store_true")
     pareto.set_defaults(run=_pareto)
+
+
+def _tracking_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tracking-uri", metavar="URI",
+                        help="MLflow tracking URI (default: <workspace>/mlflow.db; an "
+                             "http:// MLflow server for workers on several hosts)")
+    parser.add_argument("--no-tracking", action="store_true", help="log nothing to MLflow")
 
 
 def _storage_flags(parser: argparse.ArgumentParser) -> None:
@@ -114,7 +123,7 @@ def _run(args: argparse.Namespace) -> int:
 
     config = _load_config(args.config)
     known = set(SPEC_FLAGS) | set(RUN_FLAGS) | {"name", "set", "space", "gpus", "recipe",
-                                                 "seed_presets"}
+                                                 "seed_presets", "no_tracking", "tracking_uri"}
     unknown = sorted(set(config) - known)
     if unknown:
         raise UserError(f"--config: unknown setting {unknown[0]!r}")
@@ -142,7 +151,9 @@ def _run(args: argparse.Namespace) -> int:
                          gpus=gpus, trials_per_gpu=run["trials_per_gpu"] or 1,
                          device=run["device"], storage=run["storage"],
                          workspace=run["workspace"], data=run["data"],
-                         seed_presets=args.seed_presets or bool(config.get("seed_presets")))
+                         seed_presets=args.seed_presets or bool(config.get("seed_presets")),
+                         tracking=not (args.no_tracking or config.get("no_tracking")),
+                         tracking_uri=args.tracking_uri or config.get("tracking_uri"))
     result = run_search(name, given, options)
     front = result["front"]
     if args.json:
@@ -170,12 +181,28 @@ def _worker(args: argparse.Namespace) -> int:
     index = args.worker_index if args.worker_index is not None else os.getpid()
     try:
         ran = run_worker(args.name, _storage_url(args), device=args.device,
-                         worker_index=index, workspace=args.workspace, data=args.data)
+                         worker_index=index, workspace=args.workspace, data=args.data,
+                         tracking_uri=_tracking_uri(args),
+                         spawned=os.environ.get("PATCHNAS_SPAWNED") == "1")
     except KeyboardInterrupt:
         print("worker interrupted: its trial was queued again", file=sys.stderr)
         return 130
     print(f"worker done: {ran} trial(s)", file=sys.stderr)
     return 0
+
+
+def _tracking_uri(args: argparse.Namespace) -> str | None:
+    """--no-tracking, else --tracking-uri, else $PATCHNAS_TRACKING_URI ("off"), else the
+    workspace's MLflow database."""
+    uri = args.tracking_uri or os.environ.get("PATCHNAS_TRACKING_URI")
+    if args.no_tracking or uri == "off":
+        return None
+    if uri:
+        return uri
+    from search.workspace import workspace_dir
+    from tracking.runs import default_uri
+
+    return default_uri(workspace_dir(args.workspace))
 
 
 def _list(args: argparse.Namespace) -> int:

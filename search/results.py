@@ -10,7 +10,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.objectives import normalized_hypervolume
-from search.pareto import pareto_front
+from search.pareto import nondominated_ranks
 from search.storage import open_storage
 from search.study import BOUNDS_ATTR, BUDGET_ATTR, StudySpec, load_spec
 from search.worker import STATE_ATTR
@@ -30,6 +30,11 @@ def state_of(t: FrozenTrial) -> str:
 
 def front_trials(study: optuna.Study, spec: StudySpec) -> list[FrozenTrial]:
     """Trained, feasible, complete trials on the Pareto front; each architecture once."""
+    return [t for t, rank in ranked_trials(study, spec) if rank == 0]
+
+
+def ranked_trials(study: optuna.Study, spec: StudySpec) -> list[tuple[FrozenTrial, int]]:
+    """Trained, feasible, complete trials (each architecture once) with their Pareto rank."""
     seen, candidates = set(), []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if state_of(t) != "COMPLETE":  # infeasible or a reuse of another trial
@@ -42,7 +47,7 @@ def front_trials(study: optuna.Study, spec: StudySpec) -> list[FrozenTrial]:
     points = [[-v if o.direction == "max" else v for o, v in zip(spec.objectives, t.values,
                                                                    strict=True)]
               for t in candidates]
-    return [candidates[i] for i in pareto_front(points)]
+    return list(zip(candidates, nondominated_ranks(points), strict=True))
 
 
 def hypervolume(study: optuna.Study, spec: StudySpec,

@@ -20,6 +20,7 @@ from typing import Any
 
 from search.objectives import parse_objectives
 from search.results import pareto, status
+from search.review import refresh
 from search.space import SearchSpace
 from search.storage import default_url, redact
 from search.study import BUDGET_ATTR, StudySpec, create_or_resume, find_spec
@@ -49,6 +50,8 @@ class RunOptions:
     workspace: str | None = None
     data: str | None = None
     seed_presets: bool = False
+    tracking: bool = True
+    tracking_uri: str | None = None  # default: <workspace>/mlflow.db
     progress: bool = True
     env: dict[str, str] = field(default_factory=dict)
 
@@ -97,9 +100,16 @@ def run_search(name: str, given: dict[str, Any], options: RunOptions, log=None) 
     study = create_or_resume(spec, url, options.trials, seed_presets=options.seed_presets,
                              log=log)
     n_trials = study.user_attrs[BUDGET_ATTR]
+    runs, tracking_uri = _start_tracking(spec, workspace, options)
     log(f"study {name}: {n_trials} trials, {len(slots)} worker(s) on "
-        f"{', '.join(sorted({s['device'] for s in slots}))}; storage {redact(url)}")
-    code = _run_workers(name, url, workspace, data, slots, study, options, log)
+        f"{', '.join(sorted({s['device'] for s in slots}))}; storage {redact(url)}"
+        + (f"; MLflow {redact(tracking_uri.split('?')[0])}" if runs else ""))
+    options.env.update(PATCHNAS_TRACKING_URI=tracking_uri or "off", PATCHNAS_SPAWNED="1")
+    code = _run_workers(name, url, workspace, data, slots, study, options, log,
+                        review=(lambda: refresh(study, runs)) if runs else None)
+    if runs is not None:
+        refresh(study, runs)
+        runs.end_study("KILLED" if code == 130 else "FINISHED")
     if code == 130:
         raise KeyboardInterrupt
     return {"status": status(study).as_dict(), "front": pareto(study)}
@@ -133,7 +143,23 @@ def worker_slots(options: RunOptions) -> list[dict[str, str]]:
     return [{"device": "cpu", "PATCHNAS_THREADS": str(threads)} for _ in range(workers)]
 
 
-def _run_workers(name, url, workspace, data, slots, study, options, log) -> int:
+def _start_tracking(spec: StudySpec, workspace: Path, options: RunOptions):
+    """The study's MLflow runs (created here, before any worker starts), and their URI."""
+    if not options.tracking:
+        return None, None
+    from tracking.runs import StudyRuns, default_uri
+
+    uri = options.tracking_uri or default_uri(workspace)
+    runs = StudyRuns(uri, spec.name)
+    params = {k: v for k, v in spec.to_dict().items() if k not in ("name", "data")}
+    runs.start_study(params, {"study": spec.name, "data": spec.data})
+    return runs, uri
+
+
+REVIEW_SECONDS = 10.0
+
+
+def _run_workers(name, url, workspace, data, slots, study, options, log, review=None) -> int:
     logs = workspace / "logs" / name
     logs.mkdir(parents=True, exist_ok=True)
     procs = []
@@ -147,9 +173,12 @@ def _run_workers(name, url, workspace, data, slots, study, options, log) -> int:
         procs.append((subprocess.Popen(cmd, env=env, stdout=log_file, stderr=log_file),
                       log_file))
     deadline = time.monotonic() + options.timeout if options.timeout else None
-    last = None
+    last, reviewed = None, time.monotonic()
     try:
         while any(p.poll() is None for p, _ in procs):
+            if review is not None and time.monotonic() - reviewed > REVIEW_SECONDS:
+                review()  # Pareto tags and parent metrics follow the front as it changes
+                reviewed = time.monotonic()
             if deadline is not None and time.monotonic() > deadline:
                 log("--timeout reached: stopping the workers")
                 _interrupt(procs)

@@ -26,6 +26,7 @@ from typing import Any
 
 import optuna
 import torch
+import yaml
 from optuna.trial import TrialState
 
 from search.pruning import CURVE_ATTR, MOASHA
@@ -113,8 +114,12 @@ class TrialRunner:
     """The objective function of one worker (its data and trainer are reused across trials)."""
 
     def __init__(self, study: optuna.Study, spec: StudySpec, data: DeviceData,
-                 trainer: ProxyTrainer, workspace: Path, log=print):
+                 trainer: ProxyTrainer, workspace: Path, log=print, runs=None):
         self.study, self.spec, self.data, self.trainer = study, spec, data, trainer
+        self.runs = runs  # tracking.runs.StudyRuns, or None without tracking
+        self.parent_run = runs.parent() if runs is not None else None
+        self.child: str | None = None
+        self.run_tags = _provenance_tags() if runs is not None else {}
         self.checkpoints = workspace / "checkpoints" / spec.name
         self.log = log
         self.moasha = (MOASHA(spec.objectives, spec.rungs, spec.eta)
@@ -125,6 +130,7 @@ class TrialRunner:
                                                        spec.max_latency_ms))
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
+        self.child = None
         try:
             return self._run(trial)
         except (optuna.TrialPruned, TrialFailed, SurplusTrial):
@@ -142,6 +148,9 @@ class TrialRunner:
             self.study.enqueue_trial(trial.params, user_attrs={
                 "retry_of": original_number(trial)})
             raise
+        finally:
+            if self.child is not None:
+                self._end_child(trial)
 
     def _run(self, trial: optuna.Trial) -> list[float]:
         spec = self.spec
@@ -153,6 +162,8 @@ class TrialRunner:
         trial.set_user_attr("arch_hash", digest)
         trial.set_user_attr("fidelity", spec.epochs)
         self._check_surplus(trial)
+        if self.runs is not None:
+            self._start_child(trial, family, proxy, digest)
         costs = self._costs(family, proxy, digest)
         if "latency_ms" in self.metrics or spec.max_latency_ms is not None:
             target = family.build(family.to_target(proxy, spec.target_size),
@@ -169,6 +180,31 @@ class TrialRunner:
         if prior is not None:
             return self._reuse(trial, prior, costs)
         return self._train(trial, family, proxy, costs, digest)
+
+    # --- tracking -------------------------------------------------------------------------
+    def _start_child(self, trial, family, proxy, digest: str) -> None:
+        spec = self.spec
+        params = {"family": family.name, "arch": asdict(proxy), "target_size": spec.target_size,
+                  "target_classes": spec.target_classes, "epochs": spec.epochs,
+                  "subset": spec.subset, "val_size": spec.val_size,
+                  "seed": trial_seed(spec.seed, original_number(trial)),
+                  "recipe": asdict(spec.recipe_obj)}
+        tags = {"study": spec.name, "trial": str(trial.number), "arch_hash": digest,
+                "device": str(self.trainer.device), "state": "RUNNING", **self.run_tags}
+        self.child = self.runs.start_trial(f"t{trial.number:04d} {family.label(proxy)}",
+                                           trial.number, params, tags, self.parent_run)
+        trial.set_user_attr("mlflow_run_id", self.child)
+
+    def _end_child(self, trial) -> None:
+        attrs = trial.user_attrs
+        metrics = dict(attrs.get("costs") or {})  # val_acc: the last point of its history
+        for key in ("seconds", "epochs_run"):
+            if key in attrs:
+                metrics[key] = attrs[key]
+        config = {"family": attrs.get("family"), "proxy_config": attrs.get("config"),
+                  "costs": attrs.get("costs")}
+        self.runs.end_trial(self.child, attrs.get(STATE_ATTR, "FAIL"), attrs.get(REASON_ATTR),
+                            metrics, {}, {"config.yaml": yaml.safe_dump(config)})
 
     # --- the steps ----------------------------------------------------------------------
     def _costs(self, family, proxy, digest: str) -> dict[str, float]:
@@ -213,6 +249,8 @@ class TrialRunner:
         trial.set_user_attr("reused_from", prior.number)
         trial.set_user_attr(CURVE_ATTR, prior.user_attrs.get(CURVE_ATTR, []))
         trial.set_user_attr(STATE_ATTR, "REUSED")
+        if self.child is not None:  # the reused trial's curve, as if trained here
+            self.runs.log_epochs(self.child, prior.user_attrs.get(CURVE_ATTR, []))
         if prior.state == TrialState.PRUNED:
             trial.set_user_attr(REASON_ATTR, f"reused trial {prior.number}, which was pruned")
             raise optuna.TrialPruned()
@@ -233,6 +271,8 @@ class TrialRunner:
         def report(epoch: int, metrics: dict[str, float]) -> str:
             curve.append({k: float(v) for k, v in metrics.items()})
             trial.set_user_attr(CURVE_ATTR, curve)
+            if self.child is not None:
+                self.runs.log_epochs(self.child, curve[-1:])
             if self.moasha is not None:
                 stop = self.moasha.should_stop(self.study, trial.number, epoch,
                                                metrics["val_acc"], costs)
@@ -270,7 +310,8 @@ class TrialRunner:
 
 def run_worker(name: str, storage_url: str, *, device: str | None = None,
                worker_index: int = 0, workspace: str | Path | None = None,
-               data: str | None = None, log=None) -> int:
+               data: str | None = None, log=None, tracking_uri: str | None = None,
+               spawned: bool = False) -> int:
     """Run trials of study `name` until its budget is spent; returns how many it ran."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     study = load_study(name, storage_url, heartbeat=True)
@@ -286,8 +327,9 @@ def run_worker(name: str, storage_url: str, *, device: str | None = None,
                         f"hash {splits.content_hash[:12]} vs {spec.data_hash[:12]}); give "
                         f"--data the same dataset")
     trainer = ProxyTrainer(spec.recipe_obj, device=device)
+    runs = open_runs(tracking_uri, name, storage_url, spawned)
     runner = TrialRunner(study, spec, DeviceData(splits, trainer.device), trainer, workspace,
-                         log)
+                         log, runs)
     return run_trials(study, runner)
 
 
@@ -308,6 +350,29 @@ def run_trials(study: optuna.Study, runner: TrialRunner) -> int:
         study.optimize(runner, n_trials=1, catch=(TrialFailed, SurplusTrial),
                        gc_after_trial=False)
         ran += 1
+
+
+def _provenance_tags() -> dict[str, str]:
+    from search.study import provenance
+
+    p = provenance()
+    tags = {"git_commit": p["git_commit"] or "unknown", "python": p["python"]}
+    tags.update({f"version.{k}": v or "none" for k, v in p["packages"].items()})
+    return tags
+
+
+def open_runs(tracking_uri: str | None, study: str, storage_url: str, spawned: bool):
+    """The study's MLflow runs, or None when tracking is off (mlflow is then not imported)."""
+    if not tracking_uri:
+        return None
+    from tracking.runs import StudyRuns, is_local
+
+    if not spawned and is_local(tracking_uri) and not storage_url.startswith("sqlite"):
+        raise UserError(
+            f"a worker joining from another host needs an HTTP tracking URI (an MLflow server),"
+            f" not {tracking_uri.split('?')[0]}: its runs would stay on this machine; give "
+            f"--tracking-uri http://HOST:5000 or --no-tracking")
+    return StudyRuns(tracking_uri, study)
 
 
 def install_signal_handlers() -> None:

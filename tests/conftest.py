@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("PATCHNAS_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -53,3 +54,20 @@ def cifar(workspace):
     from trainers.data import load
 
     return load(CIFAR_ARCHIVE, cache_dir=workspace / "cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """An image folder: 4 classes, 60 train and 10 test PNGs each, 32x32, colour-coded."""
+    root = tmp_path_factory.mktemp("tiny") / "tiny"
+    gen = torch.Generator().manual_seed(0)
+    for split, n in (("train", 60), ("test", 10)):
+        for c in range(4):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                base = torch.tensor([60.0 * c + 20, 200 - 40.0 * c, 128.0]).view(3, 1, 1)
+                img = (base + torch.randn(3, 32, 32, generator=gen) * 25).clamp(0, 255)
+                Image.fromarray(img.to(torch.uint8).permute(1, 2, 0).numpy()).save(
+                    folder / f"{i:03d}.png")
+    return root

@@ -1,0 +1,141 @@
+"""MLflow runs of a study: one experiment, one parent run, one child run per trial.
+
+Works on plain dicts only (nothing of patchnas is imported), and always through
+`MlflowClient` with explicit run ids, never the fluent global state, so threads, processes
+and hosts can log at once. Child runs are created by the worker that runs the trial; the
+process that runs the study keeps the parent and reconciles the children with the study
+(Pareto tags, the status of trials whose worker died).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+
+ROLE = "patchnas.role"
+TRIAL = "patchnas.trial"
+PARENT = "mlflow.parentRunId"
+RUN_STATUS = {"COMPLETE": "FINISHED", "REUSED": "FINISHED", "INFEASIBLE": "FINISHED",
+              "PRUNED": "KILLED", "FAIL": "FAILED"}
+MAX_PARAM = 6000  # MLflow's limit on a param value
+
+
+def default_uri(workspace: Path) -> str:
+    # a busy SQLite file waits rather than failing when several workers log at once
+    return f"sqlite:///{(workspace / 'mlflow.db').resolve()}?timeout=60"
+
+
+def is_local(uri: str) -> bool:
+    """A tracking URI that only this host can reach."""
+    return uri.startswith(("sqlite:", "file:", "/")) or "://" not in uri
+
+
+class StudyRuns:
+    def __init__(self, uri: str, study: str):
+        self.client = MlflowClient(tracking_uri=uri)
+        self.study = study
+        found = self.client.get_experiment_by_name(study)
+        if found is not None:
+            self.experiment_id = found.experiment_id
+        else:
+            artifacts = None
+            if uri.startswith("sqlite:///"):  # artifacts beside the database
+                db = Path(uri.removeprefix("sqlite:///").split("?")[0])
+                artifacts = (db.parent / "mlartifacts" / study).resolve().as_uri()
+            self.experiment_id = self.client.create_experiment(study,
+                                                               artifact_location=artifacts)
+
+    # --- the study's parent run -----------------------------------------------------------
+    def parent(self, create: bool = True) -> str | None:
+        runs = self.client.search_runs([self.experiment_id],
+                                       filter_string=f"tags.`{ROLE}` = 'study'",
+                                       max_results=1, order_by=["attributes.start_time ASC"])
+        if runs:
+            return runs[0].info.run_id
+        if not create:
+            return None
+        run = self.client.create_run(self.experiment_id, run_name=self.study,
+                                     tags={ROLE: "study"})
+        return run.info.run_id
+
+    def start_study(self, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
+        run_id = self.parent()
+        logged = self.client.get_run(run_id).data.params
+        new = {k: v for k, v in _flat(params).items() if k not in logged}
+        self.client.log_batch(run_id, params=[Param(k, v) for k, v in new.items()],
+                              tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        return run_id
+
+    def end_study(self, status: str = "FINISHED") -> None:
+        run_id = self.parent(create=False)
+        if run_id is not None:
+            self.client.set_terminated(run_id, status)
+
+    def review(self, metrics: Mapping[str, float], texts: Mapping[str, str],
+               trials: Iterable[Mapping[str, Any]]) -> None:
+        """Refresh the parent's metrics and tables, and the children's Pareto tags and
+        status. `trials`: dicts with run_id, state, pareto, pareto_rank, finished."""
+        parent = self.parent()
+        now = _now()
+        self.client.log_batch(parent, metrics=[Metric(k, float(v), now, 0)
+                                               for k, v in metrics.items()])
+        for name, text in texts.items():
+            self.client.log_text(parent, text, name)
+        for t in trials:
+            run = self.client.get_run(t["run_id"])
+            tags = {"pareto": str(bool(t["pareto"])).lower(),
+                    "pareto_rank": "" if t["pareto_rank"] is None else str(t["pareto_rank"])}
+            changed = [RunTag(k, v) for k, v in tags.items() if run.data.tags.get(k) != v]
+            if changed:
+                self.client.log_batch(t["run_id"], tags=changed)
+            if t["finished"] and run.info.status == "RUNNING":  # its worker died
+                self.client.log_batch(t["run_id"], tags=[RunTag("state", t["state"])])
+                self.client.set_terminated(t["run_id"], RUN_STATUS.get(t["state"], "FAILED"))
+
+    # --- a trial's child run --------------------------------------------------------------
+    def start_trial(self, name: str, number: int, params: Mapping[str, Any],
+                    tags: Mapping[str, str], parent: str) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={
+            PARENT: parent, ROLE: "trial", TRIAL: str(number), **tags})
+        self.client.log_batch(run.info.run_id,
+                              params=[Param(k, v) for k, v in _flat(params).items()])
+        return run.info.run_id
+
+    def log_epochs(self, run_id: str, curve: Iterable[Mapping[str, float]]) -> None:
+        now = _now()
+        metrics = [Metric(k, float(v), now, int(point["epoch"])) for point in curve
+                   for k, v in point.items() if k != "epoch"]
+        for i in range(0, len(metrics), 1000):  # MLflow takes 1000 metrics per batch
+            self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
+
+    def end_trial(self, run_id: str, state: str, reason: str | None,
+                  metrics: Mapping[str, float], tags: Mapping[str, str],
+                  texts: Mapping[str, str]) -> None:
+        now = _now()
+        self.client.log_batch(
+            run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+            tags=[RunTag(k, str(v)) for k, v in {**tags, "state": state,
+                                                   "reason": reason or ""}.items()])
+        for name, text in texts.items():
+            self.client.log_text(run_id, text, name)
+        self.client.set_terminated(run_id, RUN_STATUS.get(state, "FAILED"))
+
+
+def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}."))
+        elif value is not None:
+            out[f"{prefix}{key}"] = str(value)[:MAX_PARAM]
+    return out
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
