@@ -105,7 +105,29 @@ def build_parser() -> argparse.ArgumentParser:
     from search.cli_search import add_search_commands
 
     add_search_commands(commands)
+
+    ui = commands.add_parser("ui", help="the MLflow UI on 127.0.0.1 for the workspace's runs")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--workspace", metavar="DIR")
+    ui.add_argument("--tracking-uri", metavar="URI", help="default: <workspace>/mlflow.db")
+    ui.set_defaults(run=_ui)
     return parser
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from search.workspace import workspace_dir
+    from tracking.runs import default_uri
+    from tracking.ui import serve
+
+    workspace = workspace_dir(args.workspace)
+    uri = args.tracking_uri or default_uri(workspace)
+    if uri.startswith("sqlite:///") and not (workspace / "mlflow.db").exists() \
+            and not args.tracking_uri:
+        raise UserError(f"no MLflow runs in {workspace} yet: run a study first "
+                        f"(patchnas search run ...) or give --workspace / --tracking-uri")
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port {args.port}: give a port between 1 and 65535")
+    return serve(uri, args.port, log=lambda m: print(m, file=sys.stderr, flush=True))
 
 
 def add_data_flags(parser: argparse.ArgumentParser) -> None:

@@ -47,8 +47,10 @@ class StudyRuns:
             if uri.startswith("sqlite:///"):  # artifacts beside the database
                 db = Path(uri.removeprefix("sqlite:///").split("?")[0])
                 artifacts = (db.parent / "mlartifacts" / study).resolve().as_uri()
-            self.experiment_id = self.client.create_experiment(study,
-                                                               artifact_location=artifacts)
+            # a "model training" experiment: the MLflow 3 UI then opens on its runs
+            self.experiment_id = self.client.create_experiment(
+                study, artifact_location=artifacts,
+                tags={"mlflow.experimentKind": "custom_model_development"})
 
     # --- the study's parent run -----------------------------------------------------------
     def parent(self, create: bool = True) -> str | None:

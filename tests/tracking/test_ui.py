@@ -1,0 +1,92 @@
+"""`patchnas ui` serves the study's runs; headless Chromium renders them (and a screenshot)."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+from search.cli import main
+from tests.conftest import need
+from tracking.runs import default_uri
+
+PATCHNAS = str(Path(sys.executable).with_name("patchnas"))
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+                  "--window-size=1600,1000", "--virtual-time-budget=20000"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            time.sleep(0.5)
+    return False
+
+
+def test_ui_shows_the_study_runs_in_chromium(tmp_path, tiny_data, capsys, monkeypatch):
+    chromium = shutil.which("chromium")
+    need(chromium is not None, "Debian's chromium is not installed (.ci/run installs it)")
+    monkeypatch.setenv("PATCHNAS_THREADS", "1")
+    ws = tmp_path / "ws"
+    assert main(["search", "run", "--name", "uistudy", "--family", "convmixer", "--set",
+                 "h=16..32:16", "d=1", "p=4", "k=3", "--trials", "3", "--epochs", "2",
+                 "--val-size", "40", "--device", "cpu", "--data", str(tiny_data),
+                 "--workspace", str(ws)]) == 0
+    capsys.readouterr()
+    experiment = MlflowClient(default_uri(ws)).get_experiment_by_name("uistudy")
+    port = free_port()
+    log = tmp_path / "ui.log"
+    with open(log, "w") as out:
+        ui = subprocess.Popen([PATCHNAS, "ui", "--port", str(port), "--workspace", str(ws)],
+                              stdout=out, stderr=out)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        assert wait_http(f"{base}/health", 90), "the MLflow UI did not come up"
+        # the REST API behind the page lists the study's runs
+        body = json.dumps({"experiment_ids": [experiment.experiment_id]}).encode()
+        req = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert len(json.load(r)["runs"]) == 4  # the parent and three trials
+        page = f"{base}/#/experiments/{experiment.experiment_id}/runs"
+        profile = tmp_path / "chromium-profile"
+        dom = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+                              "--dump-dom", page], capture_output=True, text=True,
+                             timeout=120)
+        assert "uistudy" in dom.stdout, dom.stderr[-2000:]
+        assert "<strong>4</strong> matching runs" in dom.stdout
+        shot = Path(os.environ.get("PATCHNAS_SCREENSHOT_DIR", tmp_path)) / "mlflow-ui.png"
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+                        f"--screenshot={shot}", page], capture_output=True, timeout=120)
+        assert shot.exists() and shot.stat().st_size > 10_000
+    finally:
+        ui.terminate()
+        ui.wait(timeout=60)
+    assert f"http://127.0.0.1:{port}" in log.read_text()
+    assert not wait_http(f"http://127.0.0.1:{port}/health", 3)  # the server went with it
+
+
+def test_ui_without_runs_is_one_line(tmp_path, capsys):
+    assert main(["ui", "--workspace", str(tmp_path)]) == 2
+    assert "no MLflow runs" in capsys.readouterr().err
+
+
