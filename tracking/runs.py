@@ -9,6 +9,7 @@ process that runs the study keeps the parent and reconciles the children with th
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -79,16 +80,15 @@ class StudyRuns:
         if run_id is not None:
             self.client.set_terminated(run_id, status)
 
-    def review(self, metrics: Mapping[str, float], texts: Mapping[str, str],
+    def review(self, metrics: Mapping[str, float], files: Mapping[str, str | bytes],
                trials: Iterable[Mapping[str, Any]]) -> None:
-        """Refresh the parent's metrics and tables, and the children's Pareto tags and
-        status. `trials`: dicts with run_id, state, pareto, pareto_rank, finished."""
+        """Refresh the parent's metrics and files (tables, plots), and the children's Pareto
+        tags and status. `trials`: dicts with run_id, state, pareto, pareto_rank, finished."""
         parent = self.parent()
         now = _now()
         self.client.log_batch(parent, metrics=[Metric(k, float(v), now, 0)
                                                for k, v in metrics.items()])
-        for name, text in texts.items():
-            self.client.log_text(parent, text, name)
+        self._log_files(parent, files)
         for t in trials:
             run = self.client.get_run(t["run_id"])
             tags = {"pareto": str(bool(t["pareto"])).lower(),
@@ -124,9 +124,15 @@ class StudyRuns:
             run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
             tags=[RunTag(k, str(v)) for k, v in {**tags, "state": state,
                                                    "reason": reason or ""}.items()])
-        for name, text in texts.items():
-            self.client.log_text(run_id, text, name)
+        self._log_files(run_id, texts)
         self.client.set_terminated(run_id, RUN_STATUS.get(state, "FAILED"))
+
+    def _log_files(self, run_id: str, files: Mapping[str, str | bytes]) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, content in files.items():
+                path = Path(tmp) / name
+                path.write_bytes(content if isinstance(content, bytes) else content.encode())
+                self.client.log_artifact(run_id, str(path))
 
 
 def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

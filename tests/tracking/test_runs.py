@@ -57,7 +57,11 @@ def test_one_parent_and_a_child_per_trial_with_curves_and_pareto_tags(tmp_path, 
               if c.data.tags.get("pareto") == "true"}
     assert tagged == {m["trial"] for m in front}
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"front.csv", "front.md"} <= artifacts
+    assert {"front.csv", "front.md", "pareto.png", "pareto.html", "hypervolume.png",
+            "importances.png"} <= artifacts
+    table = client.download_artifacts(parent.info.run_id, "front.csv", str(tmp_path))
+    rows = open(table).read().strip().splitlines()
+    assert rows[0].startswith("trial,label,val_acc,params") and len(rows) == len(front) + 1
 
 
 def test_no_tracking_works_the_same_without_importing_mlflow(tmp_path, tiny_data):

@@ -1,0 +1,90 @@
+"""Study-level pictures for the parent run, from plain numbers.
+
+`points`: one dict per trained trial, {"trial", "label", "values": {metric: value},
+"pareto": bool}. The first two objectives are the axes (accuracy against a cost, log scale).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import plotly.graph_objects as go  # noqa: E402
+
+
+def _axes(points: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
+    metrics = list(points[0]["values"])
+    cost = next((m for m in metrics if m != "val_acc"), "val_acc")
+    return cost, "val_acc"
+
+
+def pareto_png(points: Sequence[Mapping[str, Any]], title: str) -> bytes:
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    if points:
+        x_key, y_key = _axes(points)
+        for on_front, style in ((False, dict(color="0.6", s=18, label="trials")),
+                                (True, dict(color="C3", s=36, label="Pareto front"))):
+            sel = [p for p in points if bool(p["pareto"]) == on_front]
+            ax.scatter([p["values"][x_key] for p in sel], [p["values"][y_key] for p in sel],
+                       **style)
+        front = sorted((p for p in points if p["pareto"]), key=lambda p: p["values"][x_key])
+        ax.step([p["values"][x_key] for p in front], [p["values"][y_key] for p in front],
+                where="post", color="C3", linewidth=1)
+        ax.set_xscale("log" if x_key != "val_acc" else "linear")
+        ax.set_xlabel(x_key)
+        ax.set_ylabel(y_key)
+        ax.legend(loc="lower right")
+    ax.set_title(title)
+    return _png(fig)
+
+
+def pareto_html(points: Sequence[Mapping[str, Any]], title: str) -> str:
+    fig = go.Figure()
+    if points:
+        x_key, y_key = _axes(points)
+        for on_front, name, color in ((False, "trials", "gray"), (True, "Pareto front", "red")):
+            sel = [p for p in points if bool(p["pareto"]) == on_front]
+            fig.add_trace(go.Scatter(
+                x=[p["values"][x_key] for p in sel], y=[p["values"][y_key] for p in sel],
+                mode="markers", name=name, marker={"color": color},
+                text=[f"#{p['trial']} {p['label']}" for p in sel]))
+        fig.update_xaxes(title=x_key, type="log" if x_key != "val_acc" else "linear")
+        fig.update_yaxes(title=y_key)
+    fig.update_layout(title=title)
+    return fig.to_html(include_plotlyjs="cdn", full_html=True)
+
+
+def hypervolume_png(by_trials: Sequence[tuple[int, float]],
+                    by_seconds: Sequence[tuple[float, float]], device: str) -> bytes:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
+    left.plot([n for n, _ in by_trials], [h for _, h in by_trials], drawstyle="steps-post")
+    left.set_xlabel("trials finished")
+    left.set_ylabel("hypervolume")
+    right.plot([s / 3600 for s, _ in by_seconds], [h for _, h in by_seconds],
+               drawstyle="steps-post")
+    right.set_xlabel(f"{device}-hours of training")
+    for ax in (left, right):
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def importances_png(importances: Mapping[str, float]) -> bytes:
+    names = list(importances)[::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.35 * len(names) + 1.2), dpi=120)
+    ax.barh(names, [importances[n] for n in names], color="C0")
+    ax.set_xlabel("importance for val_acc (fANOVA)")
+    return _png(fig)
+
+
+def _png(fig) -> bytes:
+    out = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(out, format="png")
+    plt.close(fig)
+    return out.getvalue()
