@@ -30,7 +30,7 @@ def test_two_workers_share_one_study_and_its_budget(tmp_path, tiny_data):
     create_or_resume(replace(spec, data_hash=splits.content_hash), url, 8)
     env = {**os.environ, "PATCHNAS_STORAGE": url, "PATCHNAS_THREADS": "1"}
     workers = [subprocess.Popen([PATCHNAS, "search", "worker", name, "--device", "cpu",
-                                 "--workspace", str(ws), "--worker-index", str(i)],
+                                 "--workspace", str(ws), "--worker-index", str(i), "--no-tracking"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env=env) for i in range(2)]
     outputs = [w.communicate(timeout=300) for w in workers]
