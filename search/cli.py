@@ -102,9 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--json", action="store_true", help="print one JSON document")
     proxy.set_defaults(run=_train_proxy)
 
+    from search.cli_full import add_export_commands, add_fidelity_command, add_full_training
     from search.cli_search import add_search_commands
 
-    add_search_commands(commands)
+    add_full_training(train_sub)
+    search_sub = add_search_commands(commands)
+    add_fidelity_command(search_sub)
+    add_export_commands(commands)
 
     ui = commands.add_parser("ui", help="the MLflow UI on 127.0.0.1 for the workspace's runs")
     ui.add_argument("--port", type=int, default=5000)
@@ -212,7 +216,9 @@ def print_json(data: Any) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # `train full --nproc-per-node N` runs itself again under torchrun
     try:
         code = args.run(args) or 0
     except UserError as err:

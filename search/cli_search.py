@@ -87,6 +87,7 @@ def add_search_commands(commands) -> None:
     _storage_flags(pareto)
     pareto.add_argument("--json", action="store_true")
     pareto.set_defaults(run=_pareto)
+    return sub
 
 
 def _tracking_flags(parser: argparse.ArgumentParser) -> None:

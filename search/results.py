@@ -55,12 +55,19 @@ def hypervolume(study: optuna.Study, spec: StudySpec,
     trials = front_trials(study, spec) if trials is None else trials
     if not trials:
         return 0.0
+    rows = [t.values for t in trials]
+    return normalized_hypervolume(spec.objectives, rows, objective_bounds(study, spec, rows))
+
+
+def objective_bounds(study: optuna.Study, spec: StudySpec,
+                     rows: list[list[float]]) -> dict[str, tuple[float, float]]:
+    """Each cost's smallest and largest value in the space (latency: among `rows`)."""
     bounds = json.loads(study.user_attrs.get(BOUNDS_ATTR, "{}"))
-    if any(o.metric == "latency_ms" for o in spec.objectives):
-        seen = [t.values[[o.metric for o in spec.objectives].index("latency_ms")]
-                for t in trials]
+    metrics = [o.metric for o in spec.objectives]
+    if "latency_ms" in metrics:
+        seen = [row[metrics.index("latency_ms")] for row in rows]
         bounds["latency_ms"] = (min(seen), max(seen))  # measured: no a-priori bound
-    return normalized_hypervolume(spec.objectives, [t.values for t in trials], bounds)
+    return bounds
 
 
 def member(t: FrozenTrial, spec: StudySpec) -> dict[str, Any]:

@@ -320,17 +320,23 @@ def run_worker(name: str, storage_url: str, *, device: str | None = None,
                               sampler=make_sampler(spec, worker_index),
                               pruner=make_optuna_pruner(spec))
     workspace = workspace_dir(workspace)
+    splits = study_splits(spec, workspace, data)
+    trainer = ProxyTrainer(spec.recipe_obj, device=device)
+    runs = open_runs(tracking_uri, name, storage_url, spawned)
+    runner = TrialRunner(study, spec, DeviceData(splits, trainer.device), trainer, workspace,
+                         log, runs)
+    return run_trials(study, runner)
+
+
+def study_splits(spec: StudySpec, workspace: Path, data: str | None = None):
+    """The study's train/val split, from `data` if the dataset moved (same content only)."""
     splits = load_splits(data or spec.data, workspace, val_size=spec.val_size,
                          subset=spec.subset, seed=spec.seed)
     if spec.data_hash and splits.content_hash != spec.data_hash:
         raise UserError(f"the data at {data or spec.data} differs from the study's (content "
                         f"hash {splits.content_hash[:12]} vs {spec.data_hash[:12]}); give "
                         f"--data the same dataset")
-    trainer = ProxyTrainer(spec.recipe_obj, device=device)
-    runs = open_runs(tracking_uri, name, storage_url, spawned)
-    runner = TrialRunner(study, spec, DeviceData(splits, trainer.device), trainer, workspace,
-                         log, runs)
-    return run_trials(study, runner)
+    return splits
 
 
 def run_trials(study: optuna.Study, runner: TrialRunner) -> int:

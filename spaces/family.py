@@ -106,6 +106,20 @@ class Family(ABC):
             raise UserError(f"unknown parameter {unknown[0]!r} for family {self.name}")
         return replace(base, **values)
 
+    def config_of(self, values: Mapping[str, Any]) -> Any:
+        """A complete config from a plain mapping (a YAML's `model.config`), checked."""
+        if not isinstance(values, Mapping):
+            raise UserError(f"{self.name}: the config must be a mapping of its parameters")
+        names = [f.name for f in fields(self.config_cls)]
+        unknown = [k for k in values if k not in names]
+        if unknown:
+            raise UserError(f"{self.name}: unknown parameter {unknown[0]!r}; its parameters "
+                            f"are {', '.join(names)}")
+        try:
+            return self.config_cls(**values)
+        except TypeError as err:  # a required parameter is missing
+            raise UserError(f"{self.name}: {err}") from None
+
     def default_proxy_config(self) -> Any:
         preset = self.presets[self.default_preset]
         return self.to_proxy(preset.config, preset.image_size)

@@ -127,6 +127,48 @@ class StudyRuns:
         self._log_files(run_id, texts)
         self.client.set_terminated(run_id, RUN_STATUS.get(state, "FAILED"))
 
+    # --- full trainings of exported configs -----------------------------------------------
+    def start_full(self, name: str, params: Mapping[str, Any], tags: Mapping[str, str],
+                   source_run: str | None = None) -> str:
+        """A run nested under the study's parent, linked to the trial run it came from."""
+        link = {"source_run_id": source_run} if source_run else {}
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={
+            PARENT: self.parent(), ROLE: "full", **link, **tags})
+        self.client.log_batch(run.info.run_id,
+                              params=[Param(k, v) for k, v in _flat(params).items()])
+        return run.info.run_id
+
+    def end_full(self, run_id: str, status: str, metrics: Mapping[str, float],
+                 texts: Mapping[str, str], weights: Path | None) -> None:
+        now = _now()
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0)
+                                               for k, v in metrics.items()])
+        self._log_files(run_id, texts)
+        if weights is not None:
+            self.client.log_artifact(run_id, str(weights), "weights")
+        self.client.set_terminated(run_id, status)
+
+    def register(self, run_id: str, top1: float) -> tuple[str, int, bool]:
+        """Register the run's weights as a version of the study's model; the alias `best`
+        follows the version with the highest top-1. Returns (model, version, is_best)."""
+        name = f"patchnas-{self.study}"
+        if not self.client.search_registered_models(filter_string=f"name = '{name}'"):
+            self.client.create_registered_model(name, tags={"study": self.study})
+        source = f"{self.client.get_run(run_id).info.artifact_uri}/weights"
+        version = self.client.create_model_version(name, source=source, run_id=run_id,
+                                                   tags={"top1": repr(float(top1))})
+        versions = self.client.search_model_versions(f"name = '{name}'")
+        best = max(versions, key=lambda v: (float(v.tags.get("top1", "-1")), int(v.version)))
+        self.client.set_registered_model_alias(name, "best", best.version)
+        return name, int(version.version), best.version == version.version
+
+    def note_full_result(self, trial: int, top1: float, top5: float) -> None:
+        """The full-training result beside the proxy's, on the study's parent run."""
+        now = _now()
+        self.client.log_batch(self.parent(), metrics=[
+            Metric(f"full_top1.t{trial:04d}", float(top1), now, 0),
+            Metric(f"full_top5.t{trial:04d}", float(top5), now, 0)])
+
     def _log_files(self, run_id: str, files: Mapping[str, str | bytes]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             for name, content in files.items():

@@ -24,9 +24,9 @@ from torch import nn
 from spaces.errors import UserError
 from trainers.augment import Normalize, cutout, random_crop, random_flip
 from trainers.data import Splits
+from trainers.schedule import SCHEDULES, lr_at
 
 Report = Callable[[int, dict[str, float]], Any]
-SCHEDULES = ("onecycle", "cosine")
 NAN_CHECK_EVERY = 25  # steps between finiteness checks (each one syncs the device)
 
 
@@ -68,25 +68,8 @@ class Recipe:
 
 
 def learning_rate(recipe: Recipe, step: int, total_steps: int) -> float:
-    """The rate at `step` (0-based) of `total_steps`. Breakpoints are in steps, so even a
-    run of a few steps warms up.
-
-    onecycle (the ConvMixer CIFAR recipe): 0 -> lr at 2/5, lr/20 at 4/5, 0 at the end.
-    cosine: linear warm-up over `warmup` of the steps, then cosine to 0.
-    """
-    t = step + 1  # the rate for the update that completes step t
-    if recipe.schedule == "onecycle":
-        points = [(0.0, 0.0), (total_steps * 2 / 5, recipe.lr),
-                  (total_steps * 4 / 5, recipe.lr / 20), (float(total_steps), 0.0)]
-        for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
-            if t <= x1:
-                return y0 + (y1 - y0) * (t - x0) / (x1 - x0) if x1 > x0 else y1
-        return 0.0
-    warm = max(1, round(recipe.warmup * total_steps))
-    if t <= warm:
-        return recipe.lr * t / warm
-    progress = (t - warm) / max(1, total_steps - warm)
-    return recipe.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    """The proxy's rate at `step` (0-based) of `total_steps` (see trainers/schedule.py)."""
+    return lr_at(recipe.schedule, recipe.lr, step, total_steps, recipe.warmup)
 
 
 @dataclass

@@ -1,0 +1,181 @@
+"""The full trainer on real Imagenette images: runs, evaluates, checkpoints, resumes exactly
+after a kill, runs under torchrun on the CPU, and refuses bad input in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from search.cli import main
+from spaces.convmixer import ConvMixerConfig
+from tests.conftest import SHARED_DATA, need
+from trainers.full_config import FullConfig
+from trainers.recipes import published
+
+IMAGENETTE = SHARED_DATA / "imagenette-128.tar.gz"
+
+
+CLASSES = ("n01440764", "n02102040", "n02979186", "n03000684")  # tench, springer, ...
+
+
+@pytest.fixture(scope="session")
+def imagenette_small(tmp_path_factory) -> Path:
+    """4 classes of the real Imagenette (ImageNet layout): 16 train and 6 val images each."""
+    need(IMAGENETTE.exists(), f"the shared Imagenette archive is missing at {IMAGENETTE}")
+    root = tmp_path_factory.mktemp("imagenette")
+    taken: dict[tuple[str, str], int] = {}
+    with tarfile.open(IMAGENETTE) as tar:
+        for member in tar:
+            parts = Path(member.name).parts
+            if not member.isfile() or len(parts) < 3 or parts[-2] not in CLASSES:
+                continue
+            key = (parts[-3], parts[-2])
+            if taken.get(key, 0) >= (16 if key[0] == "train" else 6):
+                continue
+            taken[key] = taken.get(key, 0) + 1
+            target = root / key[0] / key[1] / parts[-1]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(tar.extractfile(member).read())
+    assert sorted(taken.values()) == [6] * 4 + [16] * 4
+    return root
+
+
+def write_config(path: Path, **recipe) -> Path:
+    config = FullConfig("convmixer", ConvMixerConfig(h=64, d=2, p=8, k=3), 128,
+                        published("convmixer", batch_size=8, epochs=2, **recipe))
+    path.write_text(config.dump())
+    return path
+
+
+def train(args: list[str], capsys) -> tuple[int, dict]:
+    code = main(["train", "full", *args, "--device", "cpu", "--no-progress", "--json"])
+    out = capsys.readouterr().out
+    return code, json.loads(out) if code == 0 else {}
+
+
+def test_runs_evaluates_and_checkpoints(tmp_path, imagenette_small, capsys):
+    config = write_config(tmp_path / "c.yaml")
+    code, result = train([str(config), "--data", str(imagenette_small), "--epochs", "1",
+                          "--max-steps", "5", "--out", str(tmp_path / "run"),
+                          "--no-tracking", "--workers", "0"], capsys)
+    assert code == 0
+    assert result["steps"] == 5 and result["num_classes"] == 4
+    assert 0 <= result["top1"] <= result["top5"] <= 1
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert state["step"] == 5 and state["identity"]["num_classes"] == 4
+    weights = torch.load(result["weights"], weights_only=True)
+    assert set(weights) == set(state["model"])
+    assert all(torch.equal(weights[k], state["model"][k]) for k in weights)
+
+
+def _run_cli(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "search.cli", "train", "full", *args,
+                             "--device", "cpu", "--no-tracking", "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_a_run_killed_mid_epoch_resumes_to_identical_weights(tmp_path, imagenette_small):
+    config = write_config(tmp_path / "c.yaml", mixup=0.5, cutmix=0.5, drop_path=0.1)
+    common = [str(config), "--data", str(imagenette_small), "--workers", "2",
+              "--checkpoint-every", "1"]
+    whole = _run_cli([*common, "--out", str(tmp_path / "whole")])
+    assert whole.wait(timeout=300) == 0, whole.stderr.read()
+
+    killed = _run_cli([*common, "--out", str(tmp_path / "killed")])
+    checkpoint = tmp_path / "killed" / "last.pt"
+    deadline = time.time() + 120
+    while not checkpoint.exists() and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    assert killed.poll() is None, "the run ended before it could be killed"
+    time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    state = torch.load(checkpoint, weights_only=True)
+    steps_per_epoch = 64 // 8
+    assert 0 < state["step"] < 2 * steps_per_epoch
+    assert state["step_in_epoch"] > 0, "killed at an epoch's end, not in the middle"
+
+    resumed = _run_cli([*common, "--out", str(tmp_path / "killed"), "--resume"])
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    assert "resumed at epoch" in resumed.stderr.read()
+    a = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "killed" / "model.pt", weights_only=True)
+    assert set(a) == set(b)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_torchrun_two_processes_on_the_cpu(tmp_path, imagenette_small):
+    config = write_config(tmp_path / "c.yaml")
+    out = subprocess.run([sys.executable, "-m", "search.cli", "train", "full", str(config),
+                          "--data", str(imagenette_small), "--nproc-per-node", "2", "--device",
+                          "cpu", "--max-steps", "3", "--out", str(tmp_path / "ddp"),
+                          "--no-tracking", "--no-progress", "--workers", "0", "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout[out.stdout.index("{"):])
+    assert result["world_size"] == 2 and result["steps"] == 3
+    assert torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)["step"] == 3
+
+
+def test_bad_input_ends_in_one_line(tmp_path, imagenette_small, capsys):
+    good = yaml.safe_load(write_config(tmp_path / "good.yaml").read_text())
+    cases = {
+        "unknown family": {**good, "model": {**good["model"], "family": "resnet"}},
+        "missing field": {**good, "model": {k: v for k, v in good["model"].items()
+                                            if k != "image_size"}},
+        "unknown parameter": {**good, "model": {**good["model"],
+                                                "config": {**good["model"]["config"], "z": 1}}},
+        "bad recipe": {**good, "recipe": {**good["recipe"], "lr": -1}},
+    }
+    expected = {"unknown family": "unknown family 'resnet'",
+                "missing field": "model.image_size is missing",
+                "unknown parameter": "unknown parameter 'z'",
+                "bad recipe": "lr must be positive"}
+    for name, doc in cases.items():
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        code = main(["train", "full", str(path), "--data", str(imagenette_small), "--device",
+                     "cpu", "--no-tracking"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and expected[name] in err[0], (name, err)
+
+    no_train = tmp_path / "flat"
+    (no_train / "images").mkdir(parents=True)
+    code = main(["train", "full", str(tmp_path / "good.yaml"), "--data", str(no_train),
+                 "--device", "cpu", "--no-tracking"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "has no train/ folder" in err[0]
+
+    # a checkpoint from another model in --out
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({**good, "model": {**good["model"], "config": {
+        **good["model"]["config"], "h": 32}}}))
+    args = ["--data", str(imagenette_small), "--max-steps", "1", "--out",
+            str(tmp_path / "shared-out"), "--no-tracking", "--workers", "0"]
+    assert train([str(other), *args], capsys)[0] == 0
+    code = main(["train", "full", str(tmp_path / "good.yaml"), *args, "--resume", "--device",
+                 "cpu", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "is from another model" in err[-1]
+    code = main(["train", "full", str(tmp_path / "good.yaml"), *args, "--device", "cpu",
+                 "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "already holds a checkpoint" in err[-1]
+
+
+def test_the_config_round_trips_through_yaml(tmp_path):
+    path = write_config(tmp_path / "c.yaml")
+    loaded = FullConfig.load(path)
+    assert yaml.safe_load(loaded.dump()) == yaml.safe_load(path.read_text())
+    assert loaded.recipe.lr_for(1280) == pytest.approx(0.02)  # linear in the batch

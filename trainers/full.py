@@ -1,0 +1,426 @@
+"""The full trainer: one exported config on an ImageNet-layout folder, on one device or DDP.
+
+Knows nothing of Optuna or MLflow: after each epoch it calls `report(epoch, metrics)`.
+
+Exact resume. A run killed at any step and resumed from its last checkpoint ends with the
+same weights as a run never interrupted (same device, same process count). That holds
+because nothing random depends on process history: the sample order of epoch e is a
+permutation seeded by (seed, e); each sample's augmentation is drawn after seeding with
+(seed, e, index), so DataLoader workers and restarts do not matter; and the main process
+reseeds with (seed, e, step, rank) before mixing a batch (MixUp/CutMix, drop path). The
+checkpoint holds the model, optimizer, scheduler, grad scaler, RNG states and the position
+(epoch, step in epoch); a resumed epoch skips the batches already trained.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torchvision import datasets
+from torchvision.transforms import InterpolationMode, v2
+
+import spaces
+from spaces.errors import UserError
+from trainers.full_config import FullConfig
+from trainers.proxy import NAN_CHECK_EVERY, resolve_device
+from trainers.schedule import lr_at
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CHECKPOINT, WEIGHTS = "last.pt", "model.pt"
+Report = Callable[[int, dict[str, float]], Any]
+
+
+class TrainingFailed(Exception):
+    """The run cannot go on (the loss diverged); its checkpoints are kept."""
+
+
+@dataclass
+class FullOptions:
+    data: Path
+    out: Path
+    epochs: int | None = None  # default: the recipe's
+    max_steps: int | None = None  # stop (and end the schedule) after this many steps
+    batch_size: int | None = None  # global; default: the recipe's
+    device: str | None = None
+    resume: bool = False
+    workers: int = min(4, os.cpu_count() or 1)  # DataLoader workers per process
+    checkpoint_every: int = 0  # steps; 0: at epoch ends only
+    seed: int = 0
+    precision: str | None = None  # bf16 | fp16 | fp32; default bf16 on CUDA, fp32 on CPU
+    progress: bool = True
+
+
+@dataclass
+class FullResult:
+    top1: float
+    top5: float
+    epochs_completed: int
+    steps: int
+    completed: bool  # the recipe's whole schedule ran (not cut by --max-steps)
+    seconds: float
+    world_size: int
+    num_classes: int
+    weights: str
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- processes --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Processes:
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def join_processes(device: str | None) -> Processes:
+    """This process's place: alone, or one of torchrun's (RANK/WORLD_SIZE in the env)."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world == 1:
+        return Processes(0, 1, resolve_device(device))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    wanted = resolve_device(device)
+    if wanted.type == "cuda":
+        wanted = torch.device("cuda", local)
+        torch.cuda.set_device(wanted)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if wanted.type == "cuda" else "gloo")
+    return Processes(dist.get_rank(), dist.get_world_size(), wanted)
+
+
+def _mix(*numbers: int) -> int:
+    """A seed from several integers (no collisions for realistic ranges)."""
+    out = 0
+    for n in numbers:
+        out = (out * 1_000_003 + n) % (2**63 - 1)
+    return out
+
+
+# --- data -------------------------------------------------------------------------------
+class SeededSamples(Dataset):
+    """Yields sample `i` of epoch `e` (keys are (e, i)) augmented under seed (seed, e, i)."""
+
+    def __init__(self, base: Dataset, seed: int):
+        self.base, self.seed = base, seed
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        torch.manual_seed(_mix(self.seed, epoch, index))
+        return self.base[index]
+
+
+class EpochSampler(Sampler):
+    """This process's share of epoch e's seeded permutation, in whole global batches,
+    skipping the batches a resumed epoch already trained."""
+
+    def __init__(self, n: int, seed: int, rank: int, world: int, batch: int):
+        self.n, self.seed, self.rank, self.world, self.batch = n, seed, rank, world, batch
+        self.steps_per_epoch = n // (world * batch)  # the last partial batch is dropped
+        self.epoch, self.skip = 0, 0
+
+    def set_position(self, epoch: int, skip_steps: int) -> None:
+        self.epoch, self.skip = epoch, skip_steps
+
+    def __len__(self) -> int:
+        return (self.steps_per_epoch - self.skip) * self.batch
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
+        order = torch.randperm(self.n, generator=gen)[:self.steps_per_epoch * self.world
+                                                     * self.batch]
+        mine = order[self.rank::self.world][self.skip * self.batch:]
+        return iter([(self.epoch, int(i)) for i in mine])
+
+
+def image_folders(root: Path, size: int, recipe) -> tuple[Dataset, Dataset, list[str]]:
+    """`train/` and `val/` ImageFolders (ImageNet's layout); classes from `train/`."""
+    root = Path(root)
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise UserError(f"{root} has no {split}/ folder; give --data a folder in "
+                            f"ImageNet's layout: train/<class>/*.JPEG and val/<class>/*.JPEG")
+    bicubic = InterpolationMode.BICUBIC
+    train_tf = [v2.ToImage(), v2.RandomResizedCrop(size, interpolation=bicubic, antialias=True),
+                v2.RandomHorizontalFlip()]
+    if recipe.randaugment_ops:
+        train_tf.append(v2.RandAugment(recipe.randaugment_ops, recipe.randaugment_magnitude))
+    train_tf += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    if recipe.random_erasing:
+        train_tf.append(v2.RandomErasing(recipe.random_erasing, value="random"))
+    val_tf = [v2.ToImage(), v2.Resize(int(size / recipe.crop_pct), interpolation=bicubic,
+                                      antialias=True),
+              v2.CenterCrop(size), v2.ToDtype(torch.float32, scale=True),
+              v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    try:
+        train = datasets.ImageFolder(str(root / "train"), transform=v2.Compose(train_tf))
+        val = datasets.ImageFolder(str(root / "val"), transform=v2.Compose(val_tf))
+    except (FileNotFoundError, OSError) as err:
+        raise UserError(f"cannot read the images under {root}: {err}") from None
+    if val.classes != train.classes:
+        raise UserError(f"{root}/val has classes {val.classes[:3]}... but train/ has "
+                        f"{train.classes[:3]}...; both need the same class folders")
+    return train, val, train.classes
+
+
+def batch_mixer(recipe, num_classes: int):
+    """MixUp and/or CutMix on a batch (one of them, at random, when both are on)."""
+    mixers = []
+    if recipe.mixup:
+        mixers.append(v2.MixUp(alpha=recipe.mixup, num_classes=num_classes))
+    if recipe.cutmix:
+        mixers.append(v2.CutMix(alpha=recipe.cutmix, num_classes=num_classes))
+    if not mixers:
+        return None
+    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
+
+
+# --- the trainer ------------------------------------------------------------------------
+class FullTrainer:
+    def __init__(self, config: FullConfig, options: FullOptions, procs: Processes):
+        self.cfg, self.opt, self.procs = config, options, procs
+        self.recipe = config.recipe
+        self.device = procs.device
+        self.cuda = self.device.type == "cuda"
+        precision = options.precision or ("bf16" if self.cuda else "fp32")
+        if precision not in ("bf16", "fp16", "fp32"):
+            raise UserError(f"--precision {precision}: choose bf16, fp16 or fp32")
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.epochs = options.epochs or self.recipe.epochs
+        self.batch = options.batch_size or self.recipe.batch_size
+        if self.epochs < 1 or self.batch < 1:
+            raise UserError("--epochs and --batch-size must be at least 1")
+        if self.batch % procs.world:
+            raise UserError(f"--batch-size {self.batch} is global: it must divide evenly "
+                            f"over {procs.world} processes")
+        self.train_set, self.val_set, self.classes = image_folders(
+            options.data, config.image_size, self.recipe)
+        self.sampler = EpochSampler(len(self.train_set), options.seed, procs.rank, procs.world,
+                                    self.batch // procs.world)
+        if self.sampler.steps_per_epoch == 0:
+            raise UserError(f"{options.data}/train has {len(self.train_set)} images, fewer "
+                            f"than one batch of {self.batch}; lower --batch-size")
+        planned = self.sampler.steps_per_epoch * self.epochs
+        self.total_steps = min(planned, options.max_steps) if options.max_steps else planned
+        self.completed_schedule = self.total_steps == planned
+        self._build()
+
+    def _build(self) -> None:
+        cfg, r = self.cfg, self.recipe
+        torch.manual_seed(self.opt.seed)
+        family = spaces.get(cfg.family)
+        model = family.build(cfg.config, len(self.classes), cfg.image_size,
+                             drop_path=r.drop_path).to(self.device)
+        if self.cuda:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.forward = (nn.parallel.DistributedDataParallel(
+            model, device_ids=[self.device.index] if self.cuda else None)
+            if self.procs.world > 1 else model)
+        decay = [p for p in model.parameters() if p.ndim > 1]
+        no_decay = [p for p in model.parameters() if p.ndim <= 1]  # biases and norms
+        peak = r.lr_for(self.batch)
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": r.weight_decay},
+             {"params": no_decay, "weight_decay": 0.0}], lr=peak, eps=r.eps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_at(r.schedule, peak, step, self.total_steps,
+                                               r.warmup, r.min_lr) / peak)
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=self.amp_dtype == torch.float16)
+        self.mixer = batch_mixer(r, len(self.classes))
+        self.epoch, self.step_in_epoch, self.step, self.history = 0, 0, 0, []
+
+    # --- identity and checkpoints ---------------------------------------------------------
+    def identity(self) -> dict[str, Any]:
+        return {"family": self.cfg.family, "config": asdict(self.cfg.config),
+                "image_size": self.cfg.image_size, "num_classes": len(self.classes)}
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.opt.out / CHECKPOINT
+
+    def save(self) -> None:
+        if self.procs.main:
+            state = {
+                "identity": self.identity(), "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "rng": {"cpu": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state(self.device) if self.cuda else None},
+                "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "step": self.step,
+                "total_steps": self.total_steps, "history": self.history,
+            }
+            self.opt.out.mkdir(parents=True, exist_ok=True)
+            tmp = self.checkpoint.with_suffix(".tmp")
+            torch.save(state, tmp)
+            tmp.replace(self.checkpoint)  # never half a checkpoint
+        if self.procs.world > 1:
+            dist.barrier()
+
+    def load(self) -> None:
+        try:
+            state = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
+        except Exception as err:
+            raise UserError(f"cannot read the checkpoint {self.checkpoint}: "
+                            f"{str(err).splitlines()[0][:200]}; delete it to start over") from None
+        if state.get("identity") != self.identity():
+            theirs = state.get("identity") or {}
+            raise UserError(f"the checkpoint {self.checkpoint} is from another model "
+                            f"({theirs.get('family')} {theirs.get('config')}, "
+                            f"{theirs.get('num_classes')} classes); give another --out or "
+                            f"delete it")
+        if state["total_steps"] != self.total_steps:
+            raise UserError(f"the checkpoint {self.checkpoint} was written for "
+                            f"{state['total_steps']} steps, this run plans {self.total_steps}; "
+                            f"resume with the same --epochs, --batch-size and --max-steps")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["cpu"].cpu())
+        if self.cuda and state["rng"]["cuda"] is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
+        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
+        self.step, self.history = state["step"], state["history"]
+
+    # --- the loop -------------------------------------------------------------------------
+    def fit(self, report: Report | None = None, log=print) -> FullResult:
+        start = time.perf_counter()
+        if self.checkpoint.exists():
+            if not self.opt.resume:
+                raise UserError(f"{self.opt.out} already holds a checkpoint: add --resume to "
+                                f"continue it, or give another --out")
+            self.load()
+            log(f"resumed at epoch {self.epoch + 1}, step {self.step} of {self.total_steps}")
+        while self.step < self.total_steps:
+            epoch_start = time.perf_counter()
+            loss = self._train_epoch()
+            top1, top5 = self.evaluate()
+            finished_epoch = self.step_in_epoch >= self.sampler.steps_per_epoch
+            metrics = {"epoch": self.epoch + 1, "step": self.step, "train_loss": loss,
+                       "top1": top1, "top5": top5, "lr": self.scheduler.get_last_lr()[0],
+                       "epoch_seconds": time.perf_counter() - epoch_start}
+            self.history.append(metrics)
+            if finished_epoch:
+                self.epoch, self.step_in_epoch = self.epoch + 1, 0
+            self.save()
+            if self.procs.main:
+                log(f"epoch {metrics['epoch']}: step {self.step}/{self.total_steps} loss "
+                    f"{loss:.4f} top1 {top1:.4f} top5 {top5:.4f}")
+                if report is not None:
+                    report(metrics["epoch"], dict(metrics))
+        last = self.history[-1] if self.history else {"top1": math.nan, "top5": math.nan}
+        weights = self.opt.out / WEIGHTS
+        if self.procs.main:
+            torch.save(self.model.state_dict(), weights)  # tensors only, never a pickled model
+        return FullResult(last["top1"], last["top5"], self.epoch, self.step,
+                          self.completed_schedule, time.perf_counter() - start,
+                          self.procs.world, len(self.classes), str(weights), list(self.history))
+
+    def _train_epoch(self) -> float:
+        r = self.recipe
+        self.model.train()
+        self.sampler.set_position(self.epoch, self.step_in_epoch)
+        loader = DataLoader(SeededSamples(self.train_set, self.opt.seed),
+                            batch_size=self.sampler.batch, sampler=self.sampler,
+                            num_workers=self.opt.workers, pin_memory=self.cuda, drop_last=True)
+        bar = self._bar(min(len(loader), self.total_steps - self.step))
+        loss_sum, seen = torch.zeros((), device=self.device), 0
+        every = self.opt.checkpoint_every
+        for x, y in loader:
+            torch.manual_seed(_mix(self.opt.seed, self.epoch, self.step_in_epoch,
+                                   self.procs.rank))
+            if self.mixer is not None:
+                x, y = self.mixer(x, y)
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            if self.cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, self.amp_dtype,
+                                enabled=self.amp_dtype is not None):
+                logits = self.forward(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=r.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if r.clip_norm:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), r.clip_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.step += 1
+            self.step_in_epoch += 1
+            loss_sum += loss.detach() * len(x)
+            seen += len(x)
+            if bar is not None:
+                bar.update(1)
+            if self.step % NAN_CHECK_EVERY == 0 and not torch.isfinite(loss_sum):
+                raise TrainingFailed(f"the training loss diverged at step {self.step}")
+            if self.step >= self.total_steps:
+                break
+            if every and self.step % every == 0 and \
+                    self.step_in_epoch < self.sampler.steps_per_epoch:
+                self.save()  # mid-epoch; the epoch's end saves anyway
+        if bar is not None:
+            bar.close()
+        if self.procs.world > 1:
+            stats = torch.stack([loss_sum, torch.tensor(float(seen), device=self.device)])
+            dist.all_reduce(stats)
+            loss_sum, seen = stats[0], int(stats[1])
+        loss = float(loss_sum) / max(1, seen)
+        if not math.isfinite(loss):
+            raise TrainingFailed(f"the training loss diverged in epoch {self.epoch + 1}")
+        return loss
+
+    def _bar(self, total: int):
+        if not (self.opt.progress and self.procs.main):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=f"epoch {self.epoch + 1}/{self.epochs}", unit="step",
+                    leave=False, dynamic_ncols=True)
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        """Top-1 and top-5 on all of val/ (each process scores its share)."""
+        self.model.eval()
+        share = Subset(self.val_set, range(self.procs.rank, len(self.val_set), self.procs.world))
+        loader = DataLoader(share, batch_size=max(1, self.sampler.batch),
+                            num_workers=self.opt.workers, pin_memory=self.cuda)
+        counts = torch.zeros(3, device=self.device)
+        k = min(5, len(self.classes))
+        for x, y in loader:
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            if self.cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, self.amp_dtype,
+                                enabled=self.amp_dtype is not None):
+                logits = self.model(x)
+            top = logits.float().topk(k, dim=1).indices
+            counts[0] += (top[:, 0] == y).sum()
+            counts[1] += (top == y[:, None]).any(dim=1).sum()
+            counts[2] += len(y)
+        if self.procs.world > 1:
+            dist.all_reduce(counts)
+        n = max(1.0, float(counts[2]))
+        return float(counts[0]) / n, float(counts[1]) / n
