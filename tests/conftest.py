@@ -8,6 +8,7 @@ where everything must be present. GPU tests are marked `gpu` and always skip wit
 from __future__ import annotations
 
 import os
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 CIFAR_ARCHIVE = SHARED_DATA / "cifar10-jpeg.tar.gz"
+IMAGENETTE = SHARED_DATA / "imagenette-128.tar.gz"
 
 
 @pytest.fixture(scope="session")
@@ -70,4 +72,29 @@ def tiny_data(tmp_path_factory):
                 img = (base + torch.randn(3, 32, 32, generator=gen) * 25).clamp(0, 255)
                 Image.fromarray(img.to(torch.uint8).permute(1, 2, 0).numpy()).save(
                     folder / f"{i:03d}.png")
+    return root
+
+
+CLASSES = ("n01440764", "n02102040", "n02979186", "n03000684")  # tench, springer, ...
+
+
+@pytest.fixture(scope="session")
+def imagenette_small(tmp_path_factory) -> Path:
+    """4 classes of the real Imagenette (ImageNet layout): 16 train and 6 val images each."""
+    need(IMAGENETTE.exists(), f"the shared Imagenette archive is missing at {IMAGENETTE}")
+    root = tmp_path_factory.mktemp("imagenette")
+    taken: dict[tuple[str, str], int] = {}
+    with tarfile.open(IMAGENETTE) as tar:
+        for member in tar:
+            parts = Path(member.name).parts
+            if not member.isfile() or len(parts) < 3 or parts[-2] not in CLASSES:
+                continue
+            key = (parts[-3], parts[-2])
+            if taken.get(key, 0) >= (16 if key[0] == "train" else 6):
+                continue
+            taken[key] = taken.get(key, 0) + 1
+            target = root / key[0] / key[1] / parts[-1]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(tar.extractfile(member).read())
+    assert sorted(taken.values()) == [6] * 4 + [16] * 4
     return root

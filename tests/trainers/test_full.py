@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
@@ -18,36 +17,8 @@ import yaml
 
 from search.cli import main
 from spaces.convmixer import ConvMixerConfig
-from tests.conftest import SHARED_DATA, need
 from trainers.full_config import FullConfig
 from trainers.recipes import published
-
-IMAGENETTE = SHARED_DATA / "imagenette-128.tar.gz"
-
-
-CLASSES = ("n01440764", "n02102040", "n02979186", "n03000684")  # tench, springer, ...
-
-
-@pytest.fixture(scope="session")
-def imagenette_small(tmp_path_factory) -> Path:
-    """4 classes of the real Imagenette (ImageNet layout): 16 train and 6 val images each."""
-    need(IMAGENETTE.exists(), f"the shared Imagenette archive is missing at {IMAGENETTE}")
-    root = tmp_path_factory.mktemp("imagenette")
-    taken: dict[tuple[str, str], int] = {}
-    with tarfile.open(IMAGENETTE) as tar:
-        for member in tar:
-            parts = Path(member.name).parts
-            if not member.isfile() or len(parts) < 3 or parts[-2] not in CLASSES:
-                continue
-            key = (parts[-3], parts[-2])
-            if taken.get(key, 0) >= (16 if key[0] == "train" else 6):
-                continue
-            taken[key] = taken.get(key, 0) + 1
-            target = root / key[0] / key[1] / parts[-1]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(tar.extractfile(member).read())
-    assert sorted(taken.values()) == [6] * 4 + [16] * 4
-    return root
 
 
 def write_config(path: Path, **recipe) -> Path:
