@@ -18,7 +18,8 @@ SPEC_FLAGS = {"family": str, "objectives": str, "epochs": int, "min_epochs": int
               "max_latency_ms": float, "seed": int, "subset": int, "val_size": int,
               "target_size": int, "target_classes": int}
 RUN_FLAGS = {"trials": int, "timeout": float, "workers": int, "trials_per_gpu": int,
-             "device": str, "storage": str, "workspace": str, "data": str}
+             "device": str, "storage": str, "workspace": str, "data": str, "backend": str,
+             "ray_address": str, "ray_storage": str}
 
 
 def add_search_commands(commands) -> None:
@@ -55,6 +56,14 @@ def add_search_commands(commands) -> None:
     run.add_argument("--data", metavar="PATH")
     run.add_argument("--subset", type=int, metavar="N", help="train on N images per trial")
     run.add_argument("--val-size", type=int)
+    run.add_argument("--backend", choices=("optuna", "ray"),
+                     help="who schedules the trials: worker processes (optuna, default) or "
+                          "Ray Tune")
+    run.add_argument("--ray-address", metavar="ADDR",
+                     help="auto or ray://HOST:10001 (default: a local Ray instance)")
+    run.add_argument("--ray-storage", metavar="PATH_OR_URI",
+                     help="Ray's experiment storage (default: <workspace>/ray; shared "
+                          "storage with several nodes)")
     run.add_argument("--seed-presets", action="store_true",
                      help="enqueue the paper presets (as proxies) that lie in the space")
     _tracking_flags(run)
@@ -154,7 +163,9 @@ def _run(args: argparse.Namespace) -> int:
                          workspace=run["workspace"], data=run["data"],
                          seed_presets=args.seed_presets or bool(config.get("seed_presets")),
                          tracking=not (args.no_tracking or config.get("no_tracking")),
-                         tracking_uri=args.tracking_uri or config.get("tracking_uri"))
+                         tracking_uri=args.tracking_uri or config.get("tracking_uri"),
+                         backend=run["backend"] or "optuna", ray_address=run["ray_address"],
+                         ray_storage=run["ray_storage"])
     result = run_search(name, given, options)
     front = result["front"]
     if args.json:

@@ -111,12 +111,7 @@ class _Tracker:
     def _resumable(self, marker: Path) -> str | None:
         if not (self.trainer.opt.resume and marker.exists()):
             return None
-        run_id = json.loads(marker.read_text()).get("run_id")
-        try:
-            self.runs.client.update_run(run_id, status="RUNNING")
-        except Exception:  # the run is gone (another tracking server): start a new one
-            return None
-        return run_id
+        return self.runs.resume_run(json.loads(marker.read_text()).get("run_id"))
 
     def epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         self.runs.log_epochs(self.run_id, [{**metrics, "epoch": epoch}])

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -54,6 +55,9 @@ class RunOptions:
     tracking_uri: str | None = None  # default: <workspace>/mlflow.db
     progress: bool = True
     env: dict[str, str] = field(default_factory=dict)
+    backend: str = "optuna"  # or "ray"
+    ray_address: str | None = None  # default: a local Ray instance sized to this machine
+    ray_storage: str | None = None  # default: <workspace>/ray
 
 
 def build_spec(name: str, given: dict[str, Any], stored: StudySpec | None,
@@ -96,6 +100,8 @@ def run_search(name: str, given: dict[str, Any], options: RunOptions, log=None) 
     splits = load_splits(data, workspace, val_size=spec.val_size, subset=spec.subset,
                          seed=spec.seed)  # decodes into the cache once, for every worker
     spec = replace(spec, data_hash=splits.content_hash)
+    if options.backend not in BACKENDS:
+        raise UserError(f"--backend {options.backend}: choose {' or '.join(BACKENDS)}")
     slots = worker_slots(options)  # a bad device flag is refused before anything is stored
     study = create_or_resume(spec, url, options.trials, seed_presets=options.seed_presets,
                              log=log)
@@ -105,8 +111,14 @@ def run_search(name: str, given: dict[str, Any], options: RunOptions, log=None) 
         f"{', '.join(sorted({s['device'] for s in slots}))}; storage {redact(url)}"
         + (f"; MLflow {redact(tracking_uri.split('?')[0])}" if runs else ""))
     options.env.update(PATCHNAS_TRACKING_URI=tracking_uri or "off", PATCHNAS_SPAWNED="1")
-    code = _run_workers(name, url, workspace, data, slots, study, options, log,
-                        review=(lambda: refresh(study, runs)) if runs else None)
+    review = (lambda: refresh(study, runs)) if runs else None
+    if options.backend == "ray":
+        from search.ray_backend import run_with_ray  # ray is imported for this backend only
+
+        code = run_with_ray(spec, url, workspace, data, options, log,
+                            _ticker(study, options, log, review), tracking_uri)
+    else:
+        code = _run_workers(name, url, workspace, data, slots, study, options, log, review)
     if runs is not None:
         refresh(study, runs)
         runs.end_study("KILLED" if code == 130 else "FINISHED")
@@ -157,6 +169,21 @@ def _start_tracking(spec: StudySpec, workspace: Path, options: RunOptions):
 
 
 REVIEW_SECONDS = 10.0
+BACKENDS = ("optuna", "ray")
+
+
+def _ticker(study, options: RunOptions, log, review):
+    """Progress lines each call, an MLflow review every REVIEW_SECONDS."""
+    state = {"line": None, "reviewed": time.monotonic()}
+
+    def tick() -> None:
+        if review is not None and time.monotonic() - state["reviewed"] > REVIEW_SECONDS:
+            review()
+            state["reviewed"] = time.monotonic()
+        if options.progress:
+            state["line"] = _progress(study, state["line"], log)
+
+    return tick
 
 
 def _run_workers(name, url, workspace, data, slots, study, options, log, review=None) -> int:
@@ -174,8 +201,14 @@ def _run_workers(name, url, workspace, data, slots, study, options, log, review=
                       log_file))
     deadline = time.monotonic() + options.timeout if options.timeout else None
     last, reviewed = None, time.monotonic()
+    # Ctrl-C sets a flag: a KeyboardInterrupt raised inside a garbage-collection callback
+    # (SQLAlchemy has some) would be swallowed by Python and the stop lost
+    interrupted = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.set())
     try:
         while any(p.poll() is None for p, _ in procs):
+            if interrupted.is_set():
+                raise KeyboardInterrupt
             if review is not None and time.monotonic() - reviewed > REVIEW_SECONDS:
                 review()  # Pareto tags and parent metrics follow the front as it changes
                 reviewed = time.monotonic()
@@ -190,6 +223,7 @@ def _run_workers(name, url, workspace, data, slots, study, options, log, review=
         _interrupt(procs)
         return 130
     finally:
+        signal.signal(signal.SIGINT, previous)
         for p, f in procs:
             p.wait()
             f.close()

@@ -114,8 +114,12 @@ class TrialRunner:
     """The objective function of one worker (its data and trainer are reused across trials)."""
 
     def __init__(self, study: optuna.Study, spec: StudySpec, data: DeviceData,
-                 trainer: ProxyTrainer, workspace: Path, log=print, runs=None):
+                 trainer: ProxyTrainer, workspace: Path, log=print, runs=None,
+                 on_epoch=None):
         self.study, self.spec, self.data, self.trainer = study, spec, data, trainer
+        # on_epoch(epoch, metrics, checkpoint): after each epoch's report (the Ray backend
+        # passes each epoch's checkpoint to Ray Tune)
+        self.on_epoch = on_epoch
         self.runs = runs  # tracking.runs.StudyRuns, or None without tracking
         self.parent_run = runs.parent() if runs is not None else None
         self.child: str | None = None
@@ -191,6 +195,10 @@ class TrialRunner:
                   "recipe": asdict(spec.recipe_obj)}
         tags = {"study": spec.name, "trial": str(trial.number), "arch_hash": digest,
                 "device": str(self.trainer.device), "state": "RUNNING", **self.run_tags}
+        if "mlflow_run_id" in trial.user_attrs:  # a retried trial continues its run
+            self.child = self.runs.resume_run(trial.user_attrs["mlflow_run_id"])
+            if self.child is not None:
+                return
         self.child = self.runs.start_trial(f"t{trial.number:04d} {family.label(proxy)}",
                                            trial.number, params, tags, self.parent_run)
         trial.set_user_attr("mlflow_run_id", self.child)
@@ -266,9 +274,12 @@ class TrialRunner:
         torch.manual_seed(seed)
         model = family.build(config, data.num_classes, data.image_size,
                              drop_path=spec.recipe_obj.drop_path)
-        curve: list[dict[str, float]] = []
+        checkpoint = self.checkpoints / f"{digest}-s{seed}.pt"
+        # a resumed trial (its checkpoint survived) continues its curve
+        curve = list(trial.user_attrs.get(CURVE_ATTR, [])) if checkpoint.exists() else []
 
         def report(epoch: int, metrics: dict[str, float]) -> str:
+            curve[:] = [c for c in curve if c["epoch"] < epoch]
             curve.append({k: float(v) for k, v in metrics.items()})
             trial.set_user_attr(CURVE_ATTR, curve)
             if self.child is not None:
@@ -281,9 +292,10 @@ class TrialRunner:
                 stop = trial.should_prune()
             else:
                 stop = False
+            if self.on_epoch is not None:
+                self.on_epoch(epoch, metrics, checkpoint)
             return "stop" if stop else "continue"
 
-        checkpoint = self.checkpoints / f"{digest}-s{seed}.pt"
         result = self.trainer.fit(model, data, report=report, seed=seed, checkpoint=checkpoint)
         del model
         checkpoint.unlink(missing_ok=True)
@@ -313,19 +325,32 @@ def run_worker(name: str, storage_url: str, *, device: str | None = None,
                data: str | None = None, log=None, tracking_uri: str | None = None,
                spawned: bool = False) -> int:
     """Run trials of study `name` until its budget is spent; returns how many it ran."""
+    study, runner = make_runner(name, storage_url, device=device, worker_index=worker_index,
+                                workspace=workspace, data=data, log=log,
+                                tracking_uri=tracking_uri, spawned=spawned)
+    return run_trials(study, runner)
+
+
+def make_runner(name: str, storage_url: str, *, device: str | None = None,
+                worker_index: int = 0, workspace: str | Path | None = None,
+                data: str | None = None, log=None, tracking_uri: str | None = None,
+                spawned: bool = False, heartbeat: bool = True, optuna_pruner: bool = True,
+                on_epoch=None) -> tuple[optuna.Study, TrialRunner]:
+    """The study (with its sampler and pruner) and the objective that runs its trials here.
+    Without `optuna_pruner` a one-objective study is pruned by someone else (Ray's ASHA)."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    study = load_study(name, storage_url, heartbeat=True)
+    study = load_study(name, storage_url, heartbeat=heartbeat)
     spec = load_spec(study)
     study = optuna.load_study(study_name=name, storage=study._storage,
                               sampler=make_sampler(spec, worker_index),
-                              pruner=make_optuna_pruner(spec))
+                              pruner=make_optuna_pruner(spec) if optuna_pruner
+                              else optuna.pruners.NopPruner())
     workspace = workspace_dir(workspace)
     splits = study_splits(spec, workspace, data)
     trainer = ProxyTrainer(spec.recipe_obj, device=device)
     runs = open_runs(tracking_uri, name, storage_url, spawned)
-    runner = TrialRunner(study, spec, DeviceData(splits, trainer.device), trainer, workspace,
-                         log, runs)
-    return run_trials(study, runner)
+    return study, TrialRunner(study, spec, DeviceData(splits, trainer.device), trainer,
+                              workspace, log, runs, on_epoch)
 
 
 def study_splits(spec: StudySpec, workspace: Path, data: str | None = None):

@@ -109,6 +109,14 @@ class StudyRuns:
                               params=[Param(k, v) for k, v in _flat(params).items()])
         return run.info.run_id
 
+    def resume_run(self, run_id: str) -> str | None:
+        """Mark a run (a retried trial's, a resumed training's) RUNNING again; None if gone."""
+        try:
+            self.client.update_run(run_id, status="RUNNING")
+        except Exception:  # deleted, or on another tracking server
+            return None
+        return run_id
+
     def log_epochs(self, run_id: str, curve: Iterable[Mapping[str, float]]) -> None:
         now = _now()
         metrics = [Metric(k, float(v), now, int(point["epoch"])) for point in curve

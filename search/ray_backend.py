@@ -1,0 +1,279 @@
+"""`patchnas search run --backend ray`: the same study, scheduled by Ray Tune.
+
+The Optuna storage stays the source of truth. `StudySearcher` (Ray's search algorithm, in the
+driver) asks the study for each trial, so the study's sampler picks the parameters and sees
+every result; each Ray trial runs the very `TrialRunner` of the Optuna backend on the trial it
+was given (same spaces, costs, reuse, constraints, MLflow child runs), reporting each epoch
+with the proxy trainer's checkpoint to Ray so a retried or paused trial continues from it.
+
+What ray 2.60's own `OptunaSearch` gets wrong, and this avoids: a trial stopped early by a
+scheduler is told to Optuna as PRUNED (its partial curve kept as attributes), never as
+COMPLETE; the searcher holds no closure and no study object when pickled (its state is the
+map of Ray trial ids to Optuna trial numbers), so `Tuner.restore` brings it back.
+
+Multi-fidelity: Ray's ASHA (on `val_acc`, in epochs) for one objective; for several, the
+project's MO-ASHA rule inside the trial (Ray's schedulers take one metric).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import Searcher
+
+from search.storage import redact
+from search.study import BUDGET_ATTR, StudySpec, load_spec, load_study
+from search.worker import (
+    COUNTED_ATTR,
+    REASON_ATTR,
+    STATE_ATTR,
+    SurplusTrial,
+    TrialFailed,
+    budget,
+    make_runner,
+    make_sampler,
+)
+from spaces.errors import UserError
+from tracking.runs import is_local
+
+MAX_FAILURES = 3  # a Ray trial whose worker dies is retried from its last checkpoint
+STORAGE_ENV = "PATCHNAS_STORAGE"  # the URL travels in the environment: never in a pickle
+
+
+class StudySearcher(Searcher):
+    """Ray Tune search algorithm over a patchnas study in its Optuna storage."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
+        self.numbers: dict[str, int] = {}  # Ray trial id -> Optuna trial number
+        self._study: optuna.Study | None = None
+        self._spec: StudySpec | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_study"] = state["_spec"] = None  # reopened from the environment's URL
+        return state
+
+    @property
+    def study(self) -> optuna.Study:
+        if self._study is None:
+            study = load_study(self.name, os.environ[STORAGE_ENV])
+            self._spec = load_spec(study)
+            self._study = optuna.load_study(study_name=self.name, storage=study._storage,
+                                            sampler=make_sampler(self._spec, 0))
+        return self._study
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        study = self.study
+        state = budget(study)
+        if state.reserved >= study.user_attrs.get(BUDGET_ATTR, 0) and not state.waiting:
+            return Searcher.FINISHED  # the rest of the budget is running or done
+        trial = study.ask()  # a queued trial first (presets, retries)
+        self._spec.space.suggest(trial)  # the sampler picks the parameters here
+        self.numbers[trial_id] = trial.number
+        return {"optuna_trial": trial.number, "optuna_trial_id": trial._trial_id}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        number = self.numbers.pop(trial_id, None)
+        if number is None:
+            return
+        study = self.study
+        frozen = study.get_trials(deepcopy=False)[number]
+        if frozen.state.is_finished():
+            return
+        live = optuna.Trial(study, frozen._trial_id)
+        result = result or {}
+        outcome = result.get("patchnas_state")
+        if error:
+            live.set_user_attr(STATE_ATTR, "FAIL")
+            live.set_user_attr(REASON_ATTR, f"error: the Ray trial failed {MAX_FAILURES + 1} "
+                                            f"times (see its Ray log)")
+            live.set_user_attr(COUNTED_ATTR, True)
+            study.tell(number, state=optuna.trial.TrialState.FAIL)
+        elif outcome == "COMPLETE":
+            study.tell(number, result["values"])
+        elif outcome == "FAIL":
+            study.tell(number, state=optuna.trial.TrialState.FAIL)
+        else:  # PRUNED by MO-ASHA in the trial, or stopped by Ray's scheduler
+            if outcome is None:
+                live.set_user_attr(STATE_ATTR, "PRUNED")
+                live.set_user_attr(REASON_ATTR, f"stopped by ASHA at epoch "
+                                                f"{result.get('epoch', '?')}")
+            study.tell(number, state=optuna.trial.TrialState.PRUNED)
+
+    def get_state(self) -> dict[str, Any]:
+        return {"name": self.name, "numbers": dict(self.numbers)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.name, self.numbers = state["name"], dict(state["numbers"])
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.get_state(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.set_state(pickle.load(f))  # noqa: S301 - our own file, plain dicts
+
+
+def ray_trial(config: dict[str, Any], name: str, workspace: str, data: str,
+              tracking_uri: str | None) -> None:
+    """One Ray trial: the Optuna trial the searcher asked for, run by TrialRunner."""
+    checkpoints = Path(tempfile.mkdtemp(prefix="patchnas-ray-"))
+    restored = tune.get_checkpoint()
+    if restored is not None:  # a retry, or a restored experiment: continue from the epoch
+        with restored.as_directory() as folder:
+            for path in Path(folder).glob("*.pt"):
+                shutil.copy(path, checkpoints / path.name)
+    last: dict[str, Any] = {"epoch": 0}
+
+    def on_epoch(epoch: int, metrics: dict[str, float], checkpoint: Path) -> None:
+        last.update(metrics, epoch=epoch)
+        tune.report(dict(last), checkpoint=tune.Checkpoint.from_directory(str(checkpoint.parent)))
+
+    device = "cuda" if ray.get_gpu_ids() else "cpu"
+    study, runner = make_runner(name, os.environ[STORAGE_ENV], device=device,
+                                workspace=workspace, data=data, tracking_uri=tracking_uri,
+                                spawned=True, heartbeat=False, optuna_pruner=False,
+                                on_epoch=on_epoch)
+    runner.checkpoints = checkpoints
+    trial = optuna.Trial(study, config["optuna_trial_id"])
+    try:
+        final = {"patchnas_state": "COMPLETE", "values": runner(trial)}
+    except optuna.TrialPruned:
+        final = {"patchnas_state": "PRUNED"}
+    except (TrialFailed, SurplusTrial):
+        final = {"patchnas_state": "FAIL"}
+    finally:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    tune.report({**last, **final})
+
+
+class _Progress(tune.Callback):
+    """The study's progress lines and MLflow review, from the driver's loop."""
+
+    def __init__(self, tick, every: float = 1.0):
+        self.tick, self.every, self.last = tick, every, 0.0
+
+    def on_step_end(self, iteration, trials, **info):
+        if time.monotonic() - self.last >= self.every:
+            self.tick()
+            self.last = time.monotonic()
+
+
+def run_with_ray(spec: StudySpec, url: str, workspace: Path, data: str, options, log,
+                 tick, tracking_uri: str | None) -> int:
+    """Run the study's remaining budget on Ray; returns 0, or 130 after Ctrl-C."""
+    env = {STORAGE_ENV: url, "PATCHNAS_SPAWNED": "1"}
+    os.environ[STORAGE_ENV] = url  # for the searcher in this process
+    started_here = options.ray_address is None
+    _init(options, env)
+    try:
+        _check_cluster(options, url, tracking_uri)
+        tuner = _tuner(spec, workspace, data, options, tracking_uri, tick)
+        # Ray's own tables stay quiet; whatever it still prints must not reach stdout,
+        # which carries only the front (--json)
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                tuner.fit()
+        except KeyboardInterrupt:
+            return 130
+        finally:
+            tick()
+        return 0
+    finally:
+        ray.shutdown()
+        if started_here:
+            log("the local Ray instance was shut down")
+
+
+def _init(options, env: dict[str, str]) -> None:
+    runtime_env = {"env_vars": env}
+    if options.ray_address:
+        try:
+            ray.init(address=options.ray_address, runtime_env=runtime_env,
+                     log_to_driver=False, logging_level="ERROR")
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            raise UserError(f"cannot reach the Ray cluster at {options.ray_address}: "
+                            f"{str(err).splitlines()[0]}; start it with `ray start --head` "
+                            f"or give the right --ray-address") from None
+        return
+    import torch
+
+    ray.init(num_cpus=os.cpu_count(), num_gpus=torch.cuda.device_count(),
+             include_dashboard=False, runtime_env=runtime_env, log_to_driver=False,
+             logging_level="ERROR")
+
+
+def _check_cluster(options, url: str, tracking_uri: str | None) -> None:
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) < 2:
+        return
+    if not options.ray_storage:
+        raise UserError(f"the Ray cluster has {len(nodes)} nodes: give --ray-storage on shared "
+                        f"storage (e.g. s3://bucket/patchnas or an NFS path) so trials and "
+                        f"checkpoints survive a node")
+    if url.startswith("sqlite"):
+        raise UserError(f"the Ray cluster has {len(nodes)} nodes: the study's storage "
+                        f"{redact(url)} is a file on this host; give --storage "
+                        f"postgresql+psycopg://...")
+    if tracking_uri and is_local(tracking_uri):
+        raise UserError(f"the Ray cluster has {len(nodes)} nodes: give an http:// tracking URI "
+                        f"(an MLflow server) or --no-tracking; trials on other nodes cannot "
+                        f"log to {tracking_uri.split('?')[0]}")
+
+
+def _tuner(spec: StudySpec, workspace: Path, data: str, options, tracking_uri, tick):
+    resources = ray.cluster_resources()
+    gpus = 0 if options.device == "cpu" else resources.get("GPU", 0)
+    if options.device == "cuda" and not gpus:
+        raise UserError("--device cuda, but the Ray cluster has no GPU; use --device cpu")
+    if gpus:
+        per_trial = {"cpu": 1, "gpu": 1 / max(1, options.trials_per_gpu)}
+        concurrency = options.workers or int(gpus * max(1, options.trials_per_gpu))
+    else:
+        concurrency = options.workers or 1
+        per_trial = {"cpu": max(1, int(resources.get("CPU", 1)) // concurrency)}
+    trainable = tune.with_resources(
+        tune.with_parameters(ray_trial, name=spec.name, workspace=str(workspace), data=data,
+                             tracking_uri=tracking_uri), per_trial)
+    storage = options.ray_storage or str(workspace / "ray")
+    if "://" not in storage:
+        storage = str(Path(storage).resolve())
+    budget_now = load_study(spec.name, os.environ[STORAGE_ENV]).user_attrs[BUDGET_ATTR]
+    name = f"{spec.name}-n{budget_now}"  # a grown budget is a new Ray experiment
+    path = f"{storage.rstrip('/')}/{name}"
+    if tune.Tuner.can_restore(path):
+        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
+                                  resume_errored=True)
+    if len(spec.objectives) == 1:
+        scheduler = ASHAScheduler(time_attr="epoch", metric="val_acc", mode="max",
+                                  max_t=spec.epochs, grace_period=spec.min_epochs,
+                                  reduction_factor=spec.eta)
+    else:
+        scheduler = FIFOScheduler()  # MO-ASHA runs inside each trial
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=StudySearcher(spec.name), scheduler=scheduler,
+                                    num_samples=-1, max_concurrent_trials=concurrency),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage, verbose=0,
+            failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=[_Progress(tick)]))
+
