@@ -44,6 +44,7 @@ from search.worker import (
     budget,
     make_runner,
     make_sampler,
+    original_number,
 )
 from spaces.errors import UserError
 from tracking.runs import is_local
@@ -61,10 +62,12 @@ class StudySearcher(Searcher):
         self.numbers: dict[str, int] = {}  # Ray trial id -> Optuna trial number
         self._study: optuna.Study | None = None
         self._spec: StudySpec | None = None
+        self._adopted = False  # orphans of an earlier driver are handled once per driver
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_study"] = state["_spec"] = None  # reopened from the environment's URL
+        state["_adopted"] = False
         return state
 
     @property
@@ -78,6 +81,9 @@ class StudySearcher(Searcher):
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         study = self.study
+        if not self._adopted:
+            self._requeue_orphans(study)
+            self._adopted = True
         state = budget(study)
         if state.reserved >= study.user_attrs.get(BUDGET_ATTR, 0) and not state.waiting:
             return Searcher.FINISHED  # the rest of the budget is running or done
@@ -85,6 +91,20 @@ class StudySearcher(Searcher):
         self._spec.space.suggest(trial)  # the sampler picks the parameters here
         self.numbers[trial_id] = trial.number
         return {"optuna_trial": trial.number, "optuna_trial_id": trial._trial_id}
+
+    def _requeue_orphans(self, study: optuna.Study) -> None:
+        """RUNNING trials that no Ray trial of this experiment will finish (their driver died
+        before Ray saved its state) are failed and queued again, as a dead worker's are."""
+        mine = set(self.numbers.values())
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if t.number in mine:
+                continue
+            live = optuna.Trial(study, t._trial_id)
+            live.set_user_attr(STATE_ATTR, "FAIL")
+            live.set_user_attr(REASON_ATTR, "its Ray driver stopped before Ray recorded the "
+                                            "trial; queued again")
+            study.enqueue_trial(t.params, user_attrs={"retry_of": original_number(t)})
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
@@ -120,6 +140,7 @@ class StudySearcher(Searcher):
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.name, self.numbers = state["name"], dict(state["numbers"])
+        self._adopted = False
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
@@ -139,10 +160,13 @@ def ray_trial(config: dict[str, Any], name: str, workspace: str, data: str,
         with restored.as_directory() as folder:
             for path in Path(folder).glob("*.pt"):
                 shutil.copy(path, checkpoints / path.name)
-    last: dict[str, Any] = {"epoch": 0}
+    # every report carries the scheduler's metric, also for trials that train no epoch
+    last: dict[str, Any] = {"epoch": 0, "val_acc": 0.0}
 
     def on_epoch(epoch: int, metrics: dict[str, float], checkpoint: Path) -> None:
         last.update(metrics, epoch=epoch)
+        if epoch >= runner.spec.epochs:
+            return  # the final report carries it, with the outcome: ASHA stops at max_t
         tune.report(dict(last), checkpoint=tune.Checkpoint.from_directory(str(checkpoint.parent)))
 
     device = "cuda" if ray.get_gpu_ids() else "cpu"
@@ -151,7 +175,12 @@ def ray_trial(config: dict[str, Any], name: str, workspace: str, data: str,
                                 spawned=True, heartbeat=False, optuna_pruner=False,
                                 on_epoch=on_epoch)
     runner.checkpoints = checkpoints
+    if study.get_trials(deepcopy=False)[config["optuna_trial"]].state.is_finished():
+        tune.report({**last, "patchnas_state": "DONE"})  # told before the driver died
+        return
     trial = optuna.Trial(study, config["optuna_trial_id"])
+    # how often Ray started this trial: more than once after a retry or a restore
+    trial.set_user_attr("ray_attempt", trial.user_attrs.get("ray_attempt", 0) + 1)
     try:
         final = {"patchnas_state": "COMPLETE", "values": runner(trial)}
     except optuna.TrialPruned:
