@@ -110,7 +110,10 @@ def add_export_commands(commands) -> None:
 
     pro = commands.add_parser("promote", help="export, then launch the full trainings")
     _selection_flags(pro)
-    pro.add_argument("--launch", choices=("local", "torchrun", "print"), default="local")
+    pro.add_argument("--launch", choices=("local", "torchrun", "print", "ray"), default="local")
+    pro.add_argument("--ray-address", metavar="URL",
+                     help="for --launch ray: the Ray dashboard, http://HEAD:8265 (default: "
+                          "$RAY_ADDRESS, else the local cluster)")
     pro.add_argument("--full-data", required=True, metavar="DIR",
                      help="the ImageNet-layout folder to train on")
     pro.add_argument("--dry-run", action="store_true",
@@ -159,12 +162,21 @@ def _promote(args: argparse.Namespace) -> int:
     for flag in ("epochs", "max_steps", "batch_size", "device", "workspace"):
         value = getattr(args, flag)
         if value is not None:
+            value = Path(value).resolve() if flag == "workspace" else value
             extra += [f"--{flag.replace('_', '-')}", str(value)]
     if args.no_tracking:
         extra.append("--no-tracking")
     elif args.tracking_uri:
         extra += ["--tracking-uri", args.tracking_uri]
-    opts = LaunchOptions(args.launch, args.full_data, args.nproc_per_node, tuple(extra))
+    full_data = args.full_data
+    if args.launch == "ray":  # a job runs elsewhere: paths must be absolute
+        full_data = str(Path(full_data).resolve())
+        from search.workspace import workspace_dir
+
+        if args.workspace is None:
+            extra += ["--workspace", str(workspace_dir(None).resolve())]
+    opts = LaunchOptions(args.launch, full_data, args.nproc_per_node, tuple(extra),
+                         args.ray_address, _tracking_uri(args) or "off")
     launched = promote(args.name, _storage_url(args), args.select, opts, out=_out(args),
                        target_size=args.target_size, confirm_seeds=args.confirm_seeds,
                        confirm=_confirmer(args), dry_run=args.dry_run)

@@ -3,15 +3,18 @@
   local     one after another, here (`patchnas train full` per config)
   torchrun  the same through torchrun on this node's processes (DDP)
   print     write the YAMLs and print the commands for a user's own scheduler
+  ray       submit each as a Ray job (the export folder travels as the job's working dir)
 
 `--dry-run` selects and prints what would run, writing and running nothing.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,7 @@ from search.storage import redact
 from search.study import load_spec, load_study
 from spaces.errors import UserError
 
-LAUNCHES = ("local", "torchrun", "print")
+LAUNCHES = ("local", "torchrun", "print", "ray")
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,8 @@ class LaunchOptions:
     full_data: str
     nproc_per_node: int = 1
     extra: tuple[str, ...] = ()  # flags passed to every `train full` (epochs, device, ...)
+    ray_address: str | None = None  # the Ray dashboard, for --launch ray (default: auto)
+    tracking_uri: str | None = None  # what the Ray jobs log to
 
 
 def train_command(config: str, opts: LaunchOptions, storage_url: str | None) -> list[str]:
@@ -55,7 +60,8 @@ def promote(name: str, storage_url: str, selection: str, opts: LaunchOptions, *,
         raise UserError(f"--launch {opts.launch}: choose {', '.join(LAUNCHES)}")
     if opts.nproc_per_node < 1:
         raise UserError("--nproc-per-node must be at least 1")
-    if not dry_run and opts.launch != "print" and not (Path(opts.full_data) / "train").is_dir():
+    if not dry_run and opts.launch in ("local", "torchrun") and \
+            not (Path(opts.full_data) / "train").is_dir():
         raise UserError(f"{opts.full_data} has no train/ folder; give --full-data a folder in "
                         f"ImageNet's layout (train/<class>/..., val/<class>/...)")
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -70,6 +76,9 @@ def promote(name: str, storage_url: str, selection: str, opts: LaunchOptions, *,
         written = export(name, storage_url, selection, out, target_size=target_size,
                          full_data=opts.full_data, confirm_seeds=confirm_seeds,
                          confirm=confirm)
+    if opts.launch == "ray" and not dry_run:
+        submit_ray_jobs(name, written, opts, storage_url, log)
+        return written
     for item in written:
         shown = program(opts, True) + train_command(item["path"], opts, redact(storage_url))
         item["command"] = shlex.join(shown)
@@ -83,3 +92,30 @@ def promote(name: str, storage_url: str, selection: str, opts: LaunchOptions, *,
         if code:
             log(f"the full training of trial {item['trial']} ended with exit code {code}")
     return written
+
+
+def submit_ray_jobs(name: str, items: list[dict[str, Any]], opts: LaunchOptions,
+                    storage_url: str, log) -> None:
+    """One Ray job per config; the storage and tracking URLs travel in the job's env."""
+    from ray.job_submission import JobSubmissionClient
+
+    from search.ray_backend import RAY_ERRORS, cannot_reach
+
+    address = opts.ray_address or os.environ.get("RAY_ADDRESS") or "auto"
+    try:
+        client = JobSubmissionClient(address)
+    except RAY_ERRORS as err:
+        raise cannot_reach(address, err, "give --ray-address http://HEAD:8265 (its "
+                                         "dashboard)") from None
+    env = {"PATCHNAS_STORAGE": storage_url}
+    if opts.tracking_uri:
+        env["PATCHNAS_TRACKING_URI"] = opts.tracking_uri
+    for item in items:
+        path = Path(item["path"])
+        argv = ["patchnas", *train_command(path.name, opts, None)]
+        item["command"] = shlex.join(argv)
+        item["ray_job"] = client.submit_job(
+            entrypoint=item["command"],
+            submission_id=f"patchnas-{name}-t{item['trial']:04d}-{uuid.uuid4().hex[:6]}",
+            runtime_env={"working_dir": str(path.parent), "env_vars": env})
+        log(f"submitted trial {item['trial']} as Ray job {item['ray_job']}: {item['command']}")

@@ -231,16 +231,27 @@ def run_with_ray(spec: StudySpec, url: str, workspace: Path, data: str, options,
             log("the local Ray instance was shut down")
 
 
+def cannot_reach(address: str, err: Exception, fix: str) -> UserError:
+    """One line for a Ray cluster that refuses us."""
+    if isinstance(err, ray.exceptions.AuthenticationError):
+        return UserError(f"the Ray cluster at {address} wants its token: set RAY_AUTH_MODE="
+                         f"token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) as on its nodes")
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return UserError(f"cannot reach the Ray cluster at {address}: {first}; {fix}")
+
+
+RAY_ERRORS = (ConnectionError, RuntimeError, ValueError, ray.exceptions.AuthenticationError)
+
+
 def _init(options, env: dict[str, str]) -> None:
     runtime_env = {"env_vars": env}
     if options.ray_address:
         try:
             ray.init(address=options.ray_address, runtime_env=runtime_env,
                      log_to_driver=False, logging_level="ERROR")
-        except (ConnectionError, RuntimeError, ValueError) as err:
-            raise UserError(f"cannot reach the Ray cluster at {options.ray_address}: "
-                            f"{str(err).splitlines()[0]}; start it with `ray start --head` "
-                            f"or give the right --ray-address") from None
+        except RAY_ERRORS as err:
+            raise cannot_reach(options.ray_address, err, "start it with `ray start --head` "
+                               "or give the right --ray-address") from None
         return
     import torch
 

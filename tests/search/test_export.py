@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
 
 import pytest
 import yaml
@@ -171,3 +177,42 @@ def test_fidelity_needs_three_full_results(tmp_path, tiny_data, capsys):
     assert main(["search", "fidelity", "few", "--workspace", str(ws)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs at least 3" in err[0]
+
+
+@pytest.fixture
+def ray_jobs(monkeypatch):
+    """A Ray head with its dashboard (the job server); `patchnas` on its PATH."""
+    ray = str(Path(sys.executable).with_name("ray"))
+    port = 8300 + os.getpid() % 500
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", uuid.uuid4().hex)
+    head = subprocess.run([ray, "start", "--head", f"--port={port + 1000}", "--num-cpus=2",
+                           "--include-dashboard=true", f"--dashboard-port={port}",
+                           "--disable-usage-stats"], capture_output=True, text=True,
+                          timeout=180)
+    assert head.returncode == 0, head.stderr
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
+
+
+def test_promote_submits_ray_jobs(study_ws, tmp_path, imagenette_small, ray_jobs, capsys):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    assert main(["promote", "ex", "--select", "knee", "--launch", "ray", "--ray-address",
+                 ray_jobs, "--full-data", str(imagenette_small), "--target-size", "64",
+                 "--out", str(tmp_path / "jobs"), "--epochs", "1", "--max-steps", "1",
+                 "--batch-size", "8", "--device", "cpu", "--workspace", str(study_ws),
+                 "--json"]) == 0
+    [item] = json.loads(capsys.readouterr().out)
+    client = JobSubmissionClient(ray_jobs)
+    deadline = time.monotonic() + 300
+    while not (status := client.get_job_status(item["ray_job"])).is_terminal():
+        assert time.monotonic() < deadline, "the Ray job did not finish"
+        time.sleep(1)
+    assert status == JobStatus.SUCCEEDED, client.get_job_logs(item["ray_job"])[-2000:]
+    full = full_results(load_study("ex", url(study_ws)))
+    assert item["trial"] in full and full[item["trial"]]["image_size"] == 64
