@@ -2,7 +2,8 @@
 
     python bench/search_overhead.py [--trials 500]
 
-Both loops use the same kind of storage (a fresh SQLite file each), the same sampler
+Both loops use the same kind of storage (a fresh SQLite file each, in WAL mode as patchnas
+creates its own), the same sampler
 (NSGA-II) and the same space (ConvMixer, two objectives). The bare loop suggests the
 parameters and returns constants. The patchnas loop runs the real worker machinery (budget
 accounting, the family's define-by-run space, target and proxy costs, constraint and reuse
@@ -13,6 +14,8 @@ Not a test.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sqlite3
 import tempfile
 import time
 from dataclasses import replace
@@ -51,6 +54,9 @@ def tiny_data() -> DeviceData:
 
 
 def bare_optuna(url: str, n: int) -> float:
+    # the same storage: a SQLite file in WAL mode, as patchnas makes its own
+    with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as db:
+        db.execute("PRAGMA journal_mode=WAL")
     study = optuna.create_study(storage=url, directions=["maximize", "minimize"],
                                 sampler=optuna.samplers.NSGAIISampler(seed=0,
                                                                       population_size=20))

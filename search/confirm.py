@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import statistics
 import sys
+from functools import partial
 from pathlib import Path
 
 import optuna
-import torch
 from optuna.trial import FrozenTrial
 
 import spaces
@@ -61,10 +61,9 @@ class Confirmer:
         done = len(runs) - 1
         for j in range(done + 1, seeds + 1):
             seed = base + j * SEED_STRIDE
-            torch.manual_seed(seed)
-            model = family.build(config, data.num_classes, data.image_size,
-                                 drop_path=spec.recipe_obj.drop_path)
-            result = trainer.fit(model, data, seed=seed)
+            result = trainer.fit(partial(family.build, config, data.num_classes,
+                                         data.image_size, drop_path=spec.recipe_obj.drop_path),
+                                 data, seed=seed)
             self.log(f"trial {t.number} seed {j}/{seeds}: {result.status}, val_acc "
                      f"{result.val_acc}")
             if result.status == "completed":

@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
-
-import torch
 
 import spaces
 from search.workspace import cache_dir, workspace_dir
@@ -52,8 +51,8 @@ def train_proxy(*, preset: str | None = None, family: str | None = None,
     splits = load_splits(data, workspace_dir(workspace), download=download, val_size=val_size,
                          subset=subset, seed=seed)
     config = fam.to_target(proxy, splits.image_size)  # the proxy itself on 32 px data
-    torch.manual_seed(seed)
-    model = fam.build(config, splits.num_classes, splits.image_size, drop_path=recipe.drop_path)
+    model = partial(fam.build, config, splits.num_classes, splits.image_size,
+                    drop_path=recipe.drop_path)  # built by the trainer, on its device
     if progress:
         print(f"training {fam.label(config)} on {len(splits.train_y)} {splits.name} images "
               f"({splits.image_size} px) for {recipe.epochs} epochs on {trainer.device}",

@@ -271,9 +271,10 @@ class TrialRunner:
         trial.set_user_attr("seed", seed)
         trial.set_user_attr("device", str(self.trainer.device))
         config = family.to_target(proxy, data.image_size)  # the proxy itself on 32 px data
-        torch.manual_seed(seed)
-        model = family.build(config, data.num_classes, data.image_size,
-                             drop_path=spec.recipe_obj.drop_path)
+
+        def build():  # the trainer builds it on its device
+            return family.build(config, data.num_classes, data.image_size,
+                                drop_path=spec.recipe_obj.drop_path)
         checkpoint = self.checkpoints / f"{digest}-s{seed}.pt"
         # a resumed trial (its checkpoint survived) continues its curve
         curve = list(trial.user_attrs.get(CURVE_ATTR, [])) if checkpoint.exists() else []
@@ -296,8 +297,7 @@ class TrialRunner:
                 self.on_epoch(epoch, metrics, checkpoint)
             return "stop" if stop else "continue"
 
-        result = self.trainer.fit(model, data, report=report, seed=seed, checkpoint=checkpoint)
-        del model
+        result = self.trainer.fit(build, data, report=report, seed=seed, checkpoint=checkpoint)
         checkpoint.unlink(missing_ok=True)
         trial.set_user_attr("seconds", result.seconds)
         trial.set_user_attr("epochs_run", result.epochs)

@@ -136,15 +136,24 @@ class ProxyTrainer:
         # bf16 autocast and channels_last pay off on GPUs; on the CPU they cost time
         self.amp_dtype = torch.bfloat16 if self.cuda else None
 
-    def fit(self, model: nn.Module, data: Splits | DeviceData, report: Report | None = None,
-            seed: int = 0, checkpoint: str | Path | None = None,
+    def fit(self, model: nn.Module | Callable[[], nn.Module], data: Splits | DeviceData,
+            report: Report | None = None, seed: int = 0, checkpoint: str | Path | None = None,
             evaluate_test: bool = False) -> ProxyResult:
         """Train `model` on `data`; resume from `checkpoint` when it exists, write it after
-        every epoch. Failures inside the run (NaN loss, CUDA OOM) end it with a status."""
+        every epoch. Failures inside the run (NaN loss, CUDA OOM) end it with a status.
+
+        `model` may be a function that builds it: it is then built on the device under
+        `seed` (no initialization on the CPU, no copy)."""
         if not isinstance(data, DeviceData):
             data = DeviceData(data, self.device)
         start = time.perf_counter()
-        run = _Run(self, model, data, seed, checkpoint)
+        try:
+            run = _Run(self, model, data, seed, checkpoint)
+        except torch.OutOfMemoryError as err:  # the model alone does not fit
+            gc.collect()
+            torch.cuda.empty_cache()
+            return ProxyResult("oom", str(err).splitlines()[0] if str(err) else "out of memory",
+                               None, None, 0, [], None, time.perf_counter() - start, None, None)
         try:
             return run.train(report, evaluate_test, start)
         except torch.OutOfMemoryError as err:
@@ -156,11 +165,14 @@ class ProxyTrainer:
 class _Run:
     """One fit: state that a checkpoint saves and restores."""
 
-    def __init__(self, trainer: ProxyTrainer, model: nn.Module, data: DeviceData, seed: int,
-                 checkpoint: str | Path | None):
+    def __init__(self, trainer: ProxyTrainer, model: nn.Module | Callable[[], nn.Module],
+                 data: DeviceData, seed: int, checkpoint: str | Path | None):
         self.t, self.data, self.recipe = trainer, data, trainer.recipe
         self.checkpoint = Path(checkpoint) if checkpoint else None
         torch.manual_seed(seed)
+        if not isinstance(model, nn.Module):
+            with torch.device(trainer.device):
+                model = model()
         self.model = model.to(trainer.device)
         if trainer.cuda:
             self.model = self.model.to(memory_format=torch.channels_last)
