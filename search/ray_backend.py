@@ -255,7 +255,8 @@ def _init(options, env: dict[str, str]) -> None:
         return
     import torch
 
-    ray.init(num_cpus=os.cpu_count(), num_gpus=torch.cuda.device_count(),
+    # address="local": a new instance even when `ray start` runs a cluster on this machine
+    ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=torch.cuda.device_count(),
              include_dashboard=False, runtime_env=runtime_env, log_to_driver=False,
              logging_level="ERROR")
 
