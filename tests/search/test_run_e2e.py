@@ -62,6 +62,7 @@ def test_issue_check_two_workers_on_real_data(cifar, tmp_path):
     assert "Pareto front" in out.stdout and "done" in out.stderr
     pareto = subprocess.run([PATCHNAS, "search", "pareto", "s1", "--json"],
                             capture_output=True, text=True, env=env_for(tmp_path))
+    assert pareto.returncode == 0, pareto.stderr
     front = json.loads(pareto.stdout)
     assert front and {"trial", "config", "values", "fidelity"} <= set(front[0])
     ts = trials(tmp_path, "s1")
