@@ -69,3 +69,26 @@ def _write_ahead_log(path: str) -> None:
             db.execute("PRAGMA journal_mode=WAL")
     except sqlite3.Error:
         pass  # not a database (yet): RDBStorage reports it in its own words
+
+
+def set_user_attrs(trial: optuna.Trial, attrs: dict) -> None:
+    """Several user attributes of a running trial in one transaction.
+
+    Optuna commits each `set_user_attr` alone (about 2 ms on SQLite), and a trial writes a
+    dozen: most of the search's own overhead. On an RDB storage they go in together through
+    the storage's own per-attribute writer; elsewhere (or if Optuna's internals move), one
+    by one."""
+    backend = getattr(trial.study._storage, "_backend", trial.study._storage)
+    write = getattr(backend, "_set_trial_attr_without_commit", None)
+    cached = getattr(trial, "_cached_frozen_trial", None)
+    if not isinstance(backend, optuna.storages.RDBStorage) or write is None or cached is None:
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        return
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    with _create_scoped_session(backend.scoped_session, True) as session:
+        for key, value in attrs.items():
+            write(session, models.TrialUserAttributeModel, trial._trial_id, key, value)
+    cached.user_attrs.update(attrs)  # what trial.user_attrs shows, as set_user_attr does

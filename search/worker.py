@@ -31,6 +31,7 @@ from optuna.trial import TrialState
 
 from search.pruning import CURVE_ATTR, MOASHA
 from search.space import arch_hash
+from search.storage import set_user_attrs
 from search.study import BUDGET_ATTR, StudySpec, load_spec, load_study
 from search.train import load_splits
 from search.workspace import workspace_dir
@@ -78,8 +79,10 @@ def original_number(t: Any) -> int:
     if "retry_of" in attrs:
         return attrs["retry_of"]
     system = getattr(t, "system_attrs", None)
-    if system is None:  # a live Trial: read its frozen state
-        system = t.study._storage.get_trial_system_attrs(t._trial_id)
+    if system is None:  # a live Trial: its state as of ask() (a retry's mark is set before)
+        frozen = getattr(t, "_cached_frozen_trial", None)
+        system = (frozen.system_attrs if frozen is not None
+                  else t.study._storage.get_trial_system_attrs(t._trial_id))
     return system.get("failed_trial", t.number)
 
 
@@ -130,6 +133,7 @@ class TrialRunner:
                        if spec.pruner == "moasha" else None)
         self.metrics = {o.metric for o in spec.objectives}
         self.cost_cache: dict[str, dict[str, float]] = {}
+        self.budget: int | None = None  # the study's trial budget, as run_trials last read it
         self.constrained = any(v is not None for v in (spec.max_params, spec.max_macs,
                                                        spec.max_latency_ms))
 
@@ -141,14 +145,12 @@ class TrialRunner:
             raise
         except Exception as err:  # a crash fails this trial, with its reason; the study goes on
             message = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            trial.set_user_attr(STATE_ATTR, "FAIL")
-            trial.set_user_attr(REASON_ATTR, f"error: {type(err).__name__}: {message}"[:500])
-            trial.set_user_attr(COUNTED_ATTR, True)
+            set_user_attrs(trial, {STATE_ATTR: "FAIL", COUNTED_ATTR: True, REASON_ATTR:
+                                   f"error: {type(err).__name__}: {message}"[:500]})
             self.log(f"trial {trial.number} failed: {type(err).__name__}: {message}")
             raise TrialFailed(type(err).__name__) from err
         except KeyboardInterrupt:
-            trial.set_user_attr(REASON_ATTR, "interrupted")
-            trial.set_user_attr(STATE_ATTR, "FAIL")
+            set_user_attrs(trial, {REASON_ATTR: "interrupted", STATE_ATTR: "FAIL"})
             self.study.enqueue_trial(trial.params, user_attrs={
                 "retry_of": original_number(trial)})
             raise
@@ -160,27 +162,28 @@ class TrialRunner:
         spec = self.spec
         family, proxy = spec.space.suggest(trial)
         digest = arch_hash(family, proxy)
-        trial.set_user_attr("family", family.name)
-        trial.set_user_attr("config", asdict(proxy))
-        trial.set_user_attr("label", family.label(proxy))
-        trial.set_user_attr("arch_hash", digest)
-        trial.set_user_attr("fidelity", spec.epochs)
-        self._check_surplus(trial)
-        if self.runs is not None:
-            self._start_child(trial, family, proxy, digest)
+        identity = {"family": family.name, "config": asdict(proxy),
+                    "label": family.label(proxy), "arch_hash": digest, "fidelity": spec.epochs,
+                    "seed": trial_seed(spec.seed, original_number(trial)),
+                    "device": str(self.trainer.device)}
+        trials = self.study.get_trials(deepcopy=False)  # one read serves both checks
+        self._check_surplus(trial, identity, trials)
         costs = self._costs(family, proxy, digest)
+        attrs = dict(identity)
         if "latency_ms" in self.metrics or spec.max_latency_ms is not None:
             target = family.build(family.to_target(proxy, spec.target_size),
                                   spec.target_classes, spec.target_size)
             latency = measure_latency(target, spec.target_size, device=self.trainer.device)
             costs["latency_ms"] = latency.median_ms
-            trial.set_user_attr("latency", latency.as_dict())
+            attrs["latency"] = latency.as_dict()
             del target
-        trial.set_user_attr("costs", costs)
+        set_user_attrs(trial, {**attrs, "costs": costs})
+        if self.runs is not None:
+            self._start_child(trial, family, proxy, digest)
         if self._infeasible(trial, costs):
             trial.set_user_attr(STATE_ATTR, "INFEASIBLE")
             return self._values(0.0, costs)
-        prior = self._prior(digest, trial.number)
+        prior = self._prior(digest, trial.number, trials)
         if prior is not None:
             return self._reuse(trial, prior, costs)
         return self._train(trial, family, proxy, costs, digest)
@@ -221,12 +224,12 @@ class TrialRunner:
                 family, proxy, self.spec.target_size, self.spec.target_classes)
         return dict(self.cost_cache[digest])
 
-    def _check_surplus(self, trial: optuna.Trial) -> None:
-        n = self.study.user_attrs.get(BUDGET_ATTR, math.inf)
-        alive = sorted(t.number for t in self.study.get_trials(deepcopy=False) if counts(t))
+    def _check_surplus(self, trial: optuna.Trial, identity: dict, trials) -> None:
+        n = self.budget if self.budget is not None else math.inf
+        alive = sorted(t.number for t in trials if counts(t))
         if alive.index(trial.number) >= n:
-            trial.set_user_attr(REASON_ATTR, "surplus: the budget was taken by other workers")
-            trial.set_user_attr(STATE_ATTR, "FAIL")
+            set_user_attrs(trial, {**identity, STATE_ATTR: "FAIL", REASON_ATTR:
+                                   "surplus: the budget was taken by other workers"})
             raise SurplusTrial()
 
     def _infeasible(self, trial: optuna.Trial, costs: dict[str, float]) -> bool:
@@ -243,33 +246,31 @@ class TrialRunner:
             violated |= violation > 0
         return violated
 
-    def _prior(self, digest: str, number: int) -> optuna.trial.FrozenTrial | None:
+    def _prior(self, digest: str, number: int, trials) -> optuna.trial.FrozenTrial | None:
         """An earlier trial that trained this architecture to the same fidelity."""
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
-                                                               TrialState.PRUNED)):
-            if (t.number != number and t.user_attrs.get("arch_hash") == digest
+        for t in trials:
+            if (t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.number != number
+                    and t.user_attrs.get("arch_hash") == digest
                     and t.user_attrs.get("fidelity") == self.spec.epochs
                     and t.user_attrs.get(STATE_ATTR) in ("COMPLETE", "PRUNED")):
                 return t
         return None
 
     def _reuse(self, trial, prior, costs):
-        trial.set_user_attr("reused_from", prior.number)
-        trial.set_user_attr(CURVE_ATTR, prior.user_attrs.get(CURVE_ATTR, []))
-        trial.set_user_attr(STATE_ATTR, "REUSED")
+        pruned = prior.state == TrialState.PRUNED
+        set_user_attrs(trial, {
+            "reused_from": prior.number, CURVE_ATTR: prior.user_attrs.get(CURVE_ATTR, []),
+            STATE_ATTR: "REUSED", REASON_ATTR: f"reused trial {prior.number}"
+                                               + (", which was pruned" if pruned else "")})
         if self.child is not None:  # the reused trial's curve, as if trained here
             self.runs.log_epochs(self.child, prior.user_attrs.get(CURVE_ATTR, []))
-        if prior.state == TrialState.PRUNED:
-            trial.set_user_attr(REASON_ATTR, f"reused trial {prior.number}, which was pruned")
+        if pruned:
             raise optuna.TrialPruned()
-        trial.set_user_attr(REASON_ATTR, f"reused trial {prior.number}")
         return list(prior.values)
 
     def _train(self, trial, family, proxy, costs, digest):
         spec, data = self.spec, self.data
-        seed = trial_seed(spec.seed, original_number(trial))
-        trial.set_user_attr("seed", seed)
-        trial.set_user_attr("device", str(self.trainer.device))
+        seed = trial.user_attrs["seed"]
         config = family.to_target(proxy, data.image_size)  # the proxy itself on 32 px data
 
         def build():  # the trainer builds it on its device
@@ -299,20 +300,18 @@ class TrialRunner:
 
         result = self.trainer.fit(build, data, report=report, seed=seed, checkpoint=checkpoint)
         checkpoint.unlink(missing_ok=True)
-        trial.set_user_attr("seconds", result.seconds)
-        trial.set_user_attr("epochs_run", result.epochs)
+        done = {"seconds": result.seconds, "epochs_run": result.epochs}
         if result.peak_memory_bytes is not None:
-            trial.set_user_attr("peak_memory_bytes", result.peak_memory_bytes)
+            done["peak_memory_bytes"] = result.peak_memory_bytes
         if result.status == "stopped":
-            trial.set_user_attr(STATE_ATTR, "PRUNED")
-            trial.set_user_attr(REASON_ATTR, f"pruned at epoch {result.epochs}")
+            set_user_attrs(trial, {**done, STATE_ATTR: "PRUNED",
+                                   REASON_ATTR: f"pruned at epoch {result.epochs}"})
             raise optuna.TrialPruned()
         if result.status in ("diverged", "oom"):
-            trial.set_user_attr(STATE_ATTR, "FAIL")
-            trial.set_user_attr(REASON_ATTR, f"{result.status}: {result.reason}")
-            trial.set_user_attr(COUNTED_ATTR, True)
+            set_user_attrs(trial, {**done, STATE_ATTR: "FAIL", COUNTED_ATTR: True,
+                                   REASON_ATTR: f"{result.status}: {result.reason}"})
             raise TrialFailed(result.status)
-        trial.set_user_attr(STATE_ATTR, "COMPLETE")
+        set_user_attrs(trial, {**done, STATE_ATTR: "COMPLETE"})
         return self._values(result.val_acc, costs)
 
     def _values(self, val_acc: float, costs: dict[str, float]) -> list[float]:
@@ -378,6 +377,7 @@ def run_trials(study: optuna.Study, runner: TrialRunner) -> int:
             time.sleep(WAIT_SECONDS)
             optuna.storages.fail_stale_trials(study)
             continue
+        runner.budget = n
         study.optimize(runner, n_trials=1, catch=(TrialFailed, SurplusTrial),
                        gc_after_trial=False)
         ran += 1

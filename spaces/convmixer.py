@@ -88,6 +88,15 @@ class ConvMixerFamily(Family):
     def to_proxy(self, config: ConvMixerConfig, image_size: int) -> ConvMixerConfig:
         return replace(config, p=max(1, round(config.p * PROXY_SIZE / image_size)))
 
+    def exact_costs(self, config: ConvMixerConfig, image_size: int,
+                    num_classes: int) -> tuple[int, int]:
+        h, d, p, k = config.h, config.d, config.p, config.k
+        tokens = (image_size // p) ** 2  # the stem's stride-p grid; blocks keep it
+        block_params = (h * k * k + h) + (h * h + h) + 2 * 2 * h  # two convs, two BNs
+        params = (3 * p * p * h + h + 2 * h) + d * block_params + (h * num_classes + num_classes)
+        macs = tokens * h * (3 * p * p + d * (k * k + h)) + h * num_classes
+        return params, macs
+
     def label(self, config: ConvMixerConfig) -> str:
         c = config
         return f"convmixer h{c.h} d{c.d} p{c.p} k{c.k}" + ("" if c.act == "gelu" else " relu")

@@ -70,6 +70,12 @@ class Family(ABC):
         default: strided convs and pools round up)."""
         return None
 
+    def exact_costs(self, config: Any, image_size: int,
+                    num_classes: int) -> tuple[int, int] | None:
+        """(params, MACs) in closed form, where a family has one; it must equal what
+        spaces.cost.count_costs counts (a test holds it to that). None: count them."""
+        return None
+
     def label(self, config: Any) -> str:
         """A short readable name, e.g. 'convmixer h256 d8 p2 k5'."""
         return self.name + " " + " ".join(f"{k}{v}" for k, v in asdict(config).items())

@@ -1,12 +1,21 @@
 """The cost model: exact params, MACs with attention counted on every device, latency."""
 
+import random
+
 import pytest
 import torch
 from torch import nn
 
 import spaces
 from spaces.convmixer import ConvMixerConfig
-from spaces.cost import count_macs, count_params, measure_latency, target_and_proxy_costs
+from spaces.cost import (
+    costs,
+    count_costs,
+    count_macs,
+    count_params,
+    measure_latency,
+    target_and_proxy_costs,
+)
 
 
 def test_convmixer_macs_by_hand():
@@ -53,13 +62,11 @@ def test_cpu_sdpa_without_mask_is_counted():
 
 @pytest.mark.parametrize("name", ["convmixer-768-32", "convmlp-s", "coatnet-0"])
 def test_fast_counting_equals_counting_the_whole_model(name):
-    """`costs` drops norms and activations before counting; the count must not change."""
-    from spaces.cost import costs
-
+    """Counting drops norms and activations first; the count must not change."""
     family, preset = spaces.preset(name)
     with torch.device("meta"):
         whole = count_macs(family.build(preset.config, 1000, 224), 224)
-    assert costs(family, preset.config, 224, 1000).macs == whole
+    assert count_costs(family, preset.config, 224, 1000).macs == whole
 
 
 def test_params_are_exact():
@@ -93,3 +100,16 @@ def test_latency_and_peak_memory_on_cuda():
     model = spaces.get("convmixer").build(ConvMixerConfig(256, 8, 2, 5), 10, 32)
     result = measure_latency(model, 32, device="cuda", dtype=torch.bfloat16, batch_size=64)
     assert result.median_ms > 0 and result.peak_memory_bytes > 0
+
+
+def test_closed_form_costs_equal_counted_ones():
+    rng = random.Random(0)
+    family = spaces.get("convmixer")
+    for _ in range(25):
+        config = ConvMixerConfig(h=rng.choice([8, 24, 64, 100]), d=rng.randint(1, 6),
+                                 p=rng.choice([1, 2, 3, 7, 14]), k=rng.choice([1, 3, 5, 9]),
+                                 act=rng.choice(["gelu", "relu"]))
+        size, classes = rng.choice([32, 64, 100, 128, 224]), rng.choice([10, 1000])
+        counted = count_costs(family, config, size, classes)
+        assert family.exact_costs(config, size, classes) == (counted.params, counted.macs)
+        assert costs(family, config, size, classes) == counted
