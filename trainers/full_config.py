@@ -17,6 +17,7 @@ import yaml
 
 import spaces
 from spaces.errors import UserError
+from spaces.overrides import read_yaml_mapping
 from trainers.recipes import FullRecipe
 
 SECTIONS = ("model", "recipe", "data", "provenance", "command")
@@ -71,11 +72,5 @@ class FullConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> FullConfig:
-        path = Path(path)
-        try:
-            doc = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise UserError(f"no config file at {path}") from None
-        except (OSError, yaml.YAMLError) as err:
-            raise UserError(f"cannot read {path}: {str(err).splitlines()[0]}") from None
+        doc = read_yaml_mapping(path, "config", "model: {family: convmixer, ...}")
         return cls.from_dict(doc, str(path))
