@@ -208,10 +208,11 @@ def run_with_ray(spec: StudySpec, url: str, workspace: Path, data: str, options,
                  tick, tracking_uri: str | None) -> int:
     """Run the study's remaining budget on Ray; returns 0, or 130 after Ctrl-C."""
     env = {STORAGE_ENV: url, "PATCHNAS_SPAWNED": "1"}
-    os.environ[STORAGE_ENV] = url  # for the searcher in this process
+    previous = os.environ.get(STORAGE_ENV)
+    os.environ[STORAGE_ENV] = url  # for the searcher in this process, while it runs
     started_here = options.ray_address is None
-    _init(options, env)
     try:
+        _init(options, env)
         _check_cluster(options, url, tracking_uri)
         tuner = _tuner(spec, workspace, data, options, tracking_uri, tick)
         # Ray's own tables stay quiet; whatever it still prints must not reach stdout,
@@ -226,9 +227,14 @@ def run_with_ray(spec: StudySpec, url: str, workspace: Path, data: str, options,
             tick()
         return 0
     finally:
-        ray.shutdown()
-        if started_here:
-            log("the local Ray instance was shut down")
+        if previous is None:
+            os.environ.pop(STORAGE_ENV, None)
+        else:
+            os.environ[STORAGE_ENV] = previous
+        if ray.is_initialized():
+            ray.shutdown()
+            if started_here:
+                log("the local Ray instance was shut down")
 
 
 def cannot_reach(address: str, err: Exception, fix: str) -> UserError:

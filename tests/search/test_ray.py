@@ -44,12 +44,14 @@ def no_stopped_trial_is_complete(trials, epochs: int) -> None:
 
 def test_several_objectives_give_the_optuna_backends_layout(tiny_data, tmp_path, capsys):
     ws = tmp_path / "ws"
+    before = os.environ.get("PATCHNAS_STORAGE")
     assert main(["search", "run", "--name", "rs", "--family", "convmixer", "--set", *SETS,
                  "--trials", "6", "--epochs", "3", "--val-size", "40", "--workers", "2",
                  "--device", "cpu", "--data", str(tiny_data), "--workspace", str(ws),
                  "--backend", "ray", "--json"]) == 0
     front = json.loads(capsys.readouterr().out)
     assert front
+    assert os.environ.get("PATCHNAS_STORAGE") == before  # the driver's env is left as it was
     trials = study_trials(ws, "rs")
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     assert sum(t.state.is_finished() for t in trials) >= 6
