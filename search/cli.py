@@ -15,7 +15,8 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from spaces.errors import UserError
-from trainers.proxy import SCHEDULES, Recipe
+from trainers.proxy import Recipe
+from trainers.schedule import SCHEDULES
 
 EXIT_USER_ERROR = 2
 

@@ -13,7 +13,7 @@ import gc
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,8 @@ from torch import nn
 from spaces.errors import UserError
 from trainers.augment import Normalize, cutout, random_crop, random_flip
 from trainers.data import Splits
-from trainers.schedule import SCHEDULES, lr_at
+from trainers.recipes import check_settings, settings_from_dict
+from trainers.schedule import lr_at
 
 Report = Callable[[int, dict[str, float]], Any]
 NAN_CHECK_EVERY = 25  # steps between finiteness checks (each one syncs the device)
@@ -49,22 +50,12 @@ class Recipe:
     eval_batch_size: int = 1024
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
-            raise UserError("epochs and batch sizes must be at least 1")
-        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.label_smoothing < 1:
-            raise UserError("the learning rate must be positive, weight decay >= 0, label "
-                            "smoothing in [0, 1)")
-        if self.schedule not in SCHEDULES:
-            raise UserError(f"unknown schedule {self.schedule!r}; choose from "
-                            f"{', '.join(SCHEDULES)}")
+        check_settings(self.epochs, (self.batch_size, self.eval_batch_size), self.lr,
+                       self.weight_decay, self.label_smoothing, self.schedule)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Recipe:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(f"unknown recipe setting {unknown[0]!r}; known: {', '.join(known)}")
-        return cls(**values)
+        return settings_from_dict(cls, values)
 
 
 def learning_rate(recipe: Recipe, step: int, total_steps: int) -> float:

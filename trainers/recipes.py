@@ -36,14 +36,8 @@ class FullRecipe:
     source: str = ""  # where the numbers come from
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.ref_batch < 1:
-            raise UserError("recipe: epochs and batch sizes must be at least 1")
-        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.label_smoothing < 1:
-            raise UserError("recipe: lr must be positive, weight_decay >= 0, label_smoothing "
-                            "in [0, 1)")
-        if self.schedule not in SCHEDULES:
-            raise UserError(f"recipe: unknown schedule {self.schedule!r}; choose from "
-                            f"{', '.join(SCHEDULES)}")
+        check_settings(self.epochs, (self.batch_size, self.ref_batch), self.lr,
+                       self.weight_decay, self.label_smoothing, self.schedule)
         if not 0 < self.crop_pct <= 1 or not 0 <= self.random_erasing <= 1:
             raise UserError("recipe: crop_pct must be in (0, 1], random_erasing in [0, 1]")
 
@@ -55,18 +49,35 @@ class FullRecipe:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> FullRecipe:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(f"recipe: unknown setting {unknown[0]!r}; known: "
-                            f"{', '.join(sorted(known))}")
-        missing = [f.name for f in fields(cls) if f.name not in values and f.default is MISSING]
-        if missing:
-            raise UserError(f"recipe: missing {', '.join(missing)}")
-        try:
-            return cls(**values)
-        except TypeError as err:
-            raise UserError(f"recipe: {err}") from None
+        return settings_from_dict(cls, values)
+
+
+def check_settings(epochs: int, batch_sizes: tuple[int, ...], lr: float, weight_decay: float,
+                   label_smoothing: float, schedule: str) -> None:
+    """What every recipe, proxy or full, must satisfy."""
+    if epochs < 1 or min(batch_sizes) < 1:
+        raise UserError("recipe: epochs and batch sizes must be at least 1")
+    if lr <= 0 or weight_decay < 0 or not 0 <= label_smoothing < 1:
+        raise UserError("recipe: lr must be positive, weight_decay >= 0, label_smoothing "
+                        "in [0, 1)")
+    if schedule not in SCHEDULES:
+        raise UserError(f"recipe: unknown schedule {schedule!r}; choose from "
+                        f"{', '.join(SCHEDULES)}")
+
+
+def settings_from_dict(cls, values: dict[str, Any]):
+    """A recipe dataclass from a mapping; unknown or missing settings are one clear line."""
+    known = [f.name for f in fields(cls)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise UserError(f"unknown recipe setting {unknown[0]!r}; known: {', '.join(known)}")
+    missing = [f.name for f in fields(cls) if f.name not in values and f.default is MISSING]
+    if missing:
+        raise UserError(f"recipe: missing {', '.join(missing)}")
+    try:
+        return cls(**values)
+    except TypeError as err:
+        raise UserError(f"recipe: {err}") from None
 
 
 PUBLISHED = {
