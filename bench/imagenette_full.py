@@ -53,10 +53,11 @@ def main() -> None:
         if args.max_steps:
             cmd += ["--max-steps", str(args.max_steps)]
         start = time.perf_counter()
-        out = subprocess.run(cmd, capture_output=True, text=True)
+        # its per-epoch lines go straight to our stderr, so a cut-short run still shows them
+        out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         wall = time.perf_counter() - start
     if out.returncode:
-        sys.exit(out.stderr)
+        sys.exit(f"train full failed (exit {out.returncode}); its stderr is above")
     result = json.loads(out.stdout)
     device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(json.dumps({"top1": result["top1"], "top5": result["top5"], "epochs": args.epochs,
