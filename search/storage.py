@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import sqlite3
@@ -72,23 +73,45 @@ def _write_ahead_log(path: str) -> None:
 
 
 def set_user_attrs(trial: optuna.Trial, attrs: dict) -> None:
-    """Several user attributes of a running trial in one transaction.
+    """Several user attributes of a running trial in one statement and one transaction.
 
-    Optuna commits each `set_user_attr` alone (about 2 ms on SQLite), and a trial writes a
-    dozen: most of the search's own overhead. On an RDB storage they go in together through
-    the storage's own per-attribute writer; elsewhere (or if Optuna's internals move), one
-    by one."""
+    Optuna commits each `set_user_attr` alone, and even within one transaction its writer
+    reloads the trial for every row (about 1.5 ms each on SQLite); a trial writes a dozen:
+    most of the search's own overhead. On SQLite and PostgreSQL they go in as one upsert
+    (the same statement Optuna's writer issues, for all rows at once); elsewhere, or if
+    Optuna's internals move, one by one through the public API."""
     backend = getattr(trial.study._storage, "_backend", trial.study._storage)
-    write = getattr(backend, "_set_trial_attr_without_commit", None)
     cached = getattr(trial, "_cached_frozen_trial", None)
-    if not isinstance(backend, optuna.storages.RDBStorage) or write is None or cached is None:
+    upsert = _upsert(backend) if isinstance(backend, optuna.storages.RDBStorage) else None
+    if upsert is None or cached is None:
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         return
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
 
+    table = models.TrialUserAttributeModel.__table__
+    rows = [{"trial_id": trial._trial_id, "key": key, "value_json": json.dumps(value)}
+            for key, value in attrs.items()]
     with _create_scoped_session(backend.scoped_session, True) as session:
-        for key, value in attrs.items():
-            write(session, models.TrialUserAttributeModel, trial._trial_id, key, value)
+        state = session.execute(sqlalchemy.select(models.TrialModel.state).where(
+            models.TrialModel.trial_id == trial._trial_id)).scalar_one()
+        backend.check_trial_is_updatable(trial._trial_id, state)
+        statement = upsert(table).values(rows)
+        session.execute(statement.on_conflict_do_update(
+            index_elements=[table.c.trial_id, table.c.key],
+            set_={"value_json": statement.excluded.value_json}))
     cached.user_attrs.update(attrs)  # what trial.user_attrs shows, as set_user_attr does
+
+
+def _upsert(backend: optuna.storages.RDBStorage):
+    """The dialect's INSERT with ON CONFLICT (SQLite and PostgreSQL), else None."""
+    engine = getattr(backend, "engine", None)
+    name = engine.dialect.name if engine is not None else None
+    if name == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0):
+        from sqlalchemy.dialects.sqlite import insert
+    elif name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        return None
+    return insert

@@ -1,0 +1,51 @@
+"""Trial attributes written together: the same result as Optuna's own writer, on each storage."""
+
+import os
+import uuid
+
+import optuna
+import pytest
+
+from search.storage import open_storage, set_user_attrs
+from tests.conftest import need
+
+VALUES = {"a": 2, "nested": {"curve": [{"epoch": 1, "val_acc": 0.5}], "label": "h64 d2"},
+          "none": None, "text": "pruned at epoch 1"}
+
+
+def _storage(kind: str, tmp_path):
+    if kind == "memory":
+        return optuna.storages.InMemoryStorage()
+    if kind == "sqlite":
+        return open_storage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat=False)
+    url = os.environ.get("PATCHNAS_TEST_POSTGRES")
+    need(bool(url), "set PATCHNAS_TEST_POSTGRES to a PostgreSQL URL (.ci/run starts one)")
+    return open_storage(url, heartbeat=False)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql", "memory"])
+def test_attributes_land_together_and_overwrite_like_set_user_attr(kind, tmp_path):
+    storage = _storage(kind, tmp_path)
+    name = f"attrs-{uuid.uuid4().hex[:8]}"
+    study = optuna.create_study(study_name=name, storage=storage)
+    trial = study.ask()
+    trial.set_user_attr("a", 1)
+    trial.set_user_attr("kept", "yes")
+    set_user_attrs(trial, VALUES)
+    assert trial.user_attrs == {"kept": "yes", **VALUES}  # the live trial sees them at once
+    study.tell(trial, 1.0)
+    stored = optuna.load_study(study_name=name, storage=storage).trials[0]
+    assert stored.user_attrs == {"kept": "yes", **VALUES}
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+def test_a_finished_trial_refuses_them_and_keeps_its_own(kind, tmp_path):
+    storage = _storage(kind, tmp_path)
+    study = optuna.create_study(study_name="finished", storage=storage)
+    trial = study.ask()
+    trial.set_user_attr("a", 1)
+    study.tell(trial, 1.0)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        set_user_attrs(trial, {"a": 5, "b": 2})
+    assert optuna.load_study(study_name="finished", storage=storage).trials[0].user_attrs == \
+        {"a": 1}
