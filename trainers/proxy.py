@@ -2,9 +2,10 @@
 
 Knows nothing of Optuna, Ray or MLflow: after each epoch it calls `report(epoch, metrics)`,
 and stops if the answer is "stop". Speed comes from keeping the whole split on the device as
-uint8, augmenting batches there (trainers/augment.py), bf16 autocast and channels_last on
-CUDA, and optionally torch.compile. Honesty comes from scoring on a held-out part of the
-train set; the test set is only evaluated when asked, never for selection.
+uint8, augmenting batches there (trainers/augment.py), bf16 autocast on CUDA in the memory
+layout measured faster for the model (trainers/layout.py), and optionally torch.compile.
+Honesty comes from scoring on a held-out part of the train set; the test set is only
+evaluated when asked, never for selection.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import nn
 from spaces.errors import UserError
 from trainers.augment import Normalize, cutout, random_crop, random_flip
 from trainers.data import Splits
+from trainers.layout import choose_layout
 from trainers.recipes import check_settings, settings_from_dict
 from trainers.schedule import lr_at
 
@@ -124,7 +126,7 @@ class ProxyTrainer:
         self.device = resolve_device(device)
         self.cuda = self.device.type == "cuda"
         self.compile = compile
-        # bf16 autocast and channels_last pay off on GPUs; on the CPU they cost time
+        # bf16 autocast pays off on GPUs; on the CPU it costs time
         self.amp_dtype = torch.bfloat16 if self.cuda else None
 
     def fit(self, model: nn.Module | Callable[[], nn.Module], data: Splits | DeviceData,
@@ -139,12 +141,14 @@ class ProxyTrainer:
             data = DeviceData(data, self.device)
         start = time.perf_counter()
         try:
-            run = _Run(self, model, data, seed, checkpoint)
-        except torch.OutOfMemoryError as err:  # the model alone does not fit
-            gc.collect()
+            run, reason = _Run(self, model, data, seed, checkpoint), None
+        except torch.OutOfMemoryError as err:  # the model (or one step of it) does not fit
+            run, reason = None, str(err).splitlines()[0] if str(err) else "out of memory"
+        if run is None:
+            gc.collect()  # out of the handler: its traceback no longer holds the tensors
             torch.cuda.empty_cache()
-            return ProxyResult("oom", str(err).splitlines()[0] if str(err) else "out of memory",
-                               None, None, 0, [], None, time.perf_counter() - start, None, None)
+            return ProxyResult("oom", reason, None, None, 0, [], None,
+                               time.perf_counter() - start, None, None)
         try:
             return run.train(report, evaluate_test, start)
         except torch.OutOfMemoryError as err:
@@ -165,8 +169,11 @@ class _Run:
             with torch.device(trainer.device):
                 model = model()
         self.model = model.to(trainer.device)
+        self.layout = "contiguous"  # on the CPU the default layout is the fast one
         if trainer.cuda:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            self.layout, _ = choose_layout(self.model, min(self.recipe.batch_size,
+                                                           len(data.train_y)),
+                                           data.image_size, trainer.amp_dtype)
             torch.cuda.reset_peak_memory_stats(trainer.device)
         self.forward = torch.compile(self.model) if trainer.compile else self.model
         decay = [p for p in self.model.parameters() if p.ndim > 1]
@@ -177,7 +184,7 @@ class _Run:
             fused=trainer.cuda or None)
         self.gen = torch.Generator(device=trainer.device).manual_seed(seed)
         self.normalize = Normalize(trainer.device, trainer.amp_dtype or torch.float32,
-                                   trainer.cuda, data.mean, data.std)
+                                   self.layout == "channels_last", data.mean, data.std)
         self.steps_per_epoch = math.ceil(len(data.train_y) / self.recipe.batch_size)
         self.total_steps = self.steps_per_epoch * self.recipe.epochs
         self.epoch, self.step, self.history = 0, 0, []
