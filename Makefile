@@ -24,7 +24,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=12  # the slowest tests, to keep the suite under 15 minutes
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
