@@ -21,6 +21,7 @@ import random
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import replace
 from pathlib import Path
 
@@ -98,7 +99,8 @@ def main() -> None:
         results = []
         for k in settings:
             print(f"--trials-per-gpu {k}:", file=sys.stderr)
-            results.append(one_run(f"tpg{k}", k, args, workspace))
+            # a fresh study each time, also when --workspace holds an earlier run's
+            results.append(one_run(f"tpg{k}-{uuid.uuid4().hex[:6]}", k, args, workspace))
             print(f"  {json.dumps(results[-1])}", file=sys.stderr)
     base = results[0]["trials_per_gpu_hour"]
     for r in results:

@@ -80,6 +80,8 @@ def set_user_attrs(trial: optuna.Trial, attrs: dict) -> None:
     most of the search's own overhead. On SQLite and PostgreSQL they go in as one upsert
     (the same statement Optuna's writer issues, for all rows at once); elsewhere, or if
     Optuna's internals move, one by one through the public API."""
+    if not attrs:
+        return
     backend = getattr(trial.study._storage, "_backend", trial.study._storage)
     cached = getattr(trial, "_cached_frozen_trial", None)
     upsert = _upsert(backend) if isinstance(backend, optuna.storages.RDBStorage) else None

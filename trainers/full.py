@@ -33,7 +33,7 @@ from torchvision.transforms import InterpolationMode, v2
 import spaces
 from spaces.errors import UserError
 from trainers.full_config import FullConfig
-from trainers.layout import LAYOUTS, choose_layout
+from trainers.layout import LAYOUTS, checkpoint_layout, choose_layout
 from trainers.proxy import NAN_CHECK_EVERY, resolve_device
 from trainers.schedule import lr_at
 
@@ -282,6 +282,7 @@ class FullTrainer:
                         "cuda": torch.cuda.get_rng_state(self.device) if self.cuda else None},
                 "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "step": self.step,
                 "total_steps": self.total_steps, "history": self.history,
+                "layout": self.layout,
             }
             self.opt.out.mkdir(parents=True, exist_ok=True)
             tmp = self.checkpoint.with_suffix(".tmp")
@@ -306,6 +307,8 @@ class FullTrainer:
             raise UserError(f"the checkpoint {self.checkpoint} was written for "
                             f"{state['total_steps']} steps, this run plans {self.total_steps}; "
                             f"resume with the same --epochs, --batch-size and --max-steps")
+        self.layout = checkpoint_layout(state, state["rng"]["cuda"] is not None)
+        self.model.to(memory_format=LAYOUTS[self.layout])  # before the optimizer's state
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -371,8 +374,7 @@ class FullTrainer:
                 x, y = self.mixer(x, y)
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
-            if self.cuda:
-                x = x.contiguous(memory_format=LAYOUTS[self.layout])
+            x = x.contiguous(memory_format=LAYOUTS[self.layout])
             with torch.autocast(self.device.type, self.amp_dtype,
                                 enabled=self.amp_dtype is not None):
                 logits = self.forward(x)
@@ -428,8 +430,7 @@ class FullTrainer:
         k = min(5, len(self.classes))
         for x, y in loader:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            if self.cuda:
-                x = x.contiguous(memory_format=LAYOUTS[self.layout])
+            x = x.contiguous(memory_format=LAYOUTS[self.layout])
             with torch.autocast(self.device.type, self.amp_dtype,
                                 enabled=self.amp_dtype is not None):
                 logits = self.model(x)

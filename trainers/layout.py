@@ -2,10 +2,11 @@
 
 channels_last is usually the faster layout for convolutions in bf16 on NVIDIA GPUs, but not
 for every layer: cuDNN's grouped (depthwise) kernels with large kernels can be many times
-slower in channels_last (pytorch/pytorch#34977), and a ConvMixer at 128 px with 9x9 depthwise
-convolutions ran ~50x under its FLOP count on an H100 (bench/RESULTS.md). So a run times a
-few training steps in each layout on random data and keeps the faster; the model's weights,
-buffers and the random state are as before.
+slower in channels_last (pytorch/pytorch#34977; a suspect in a ConvMixer at 128 px with 9x9
+depthwise convolutions that ran ~50x under its FLOP count on an H100, bench/RESULTS.md). So a
+run times a few training steps in each layout on random data and keeps the faster; the
+model's weights, buffers and the random state are as before. A resumed run keeps the layout
+its checkpoint was written in.
 """
 
 from __future__ import annotations
@@ -32,26 +33,28 @@ def faster_layout(model: nn.Module, example: torch.Tensor, amp_dtype: torch.dtyp
     model.train()
     loss = loss or (lambda out: out.float().square().mean())
     seconds: dict[str, float] = {}
-    for name, layout in LAYOUTS.items():
-        model.to(memory_format=layout)
-        x = example.contiguous(memory_format=layout)
-        for step in range(steps + 1):  # the first is warm-up: the library picks its kernels
-            if step == 1:
-                _sync(device)
-                start = time.perf_counter()
-            with torch.autocast(device.type, amp_dtype, enabled=amp_dtype is not None):
-                out = model(x)
-            loss(out).backward()
-        _sync(device)
-        seconds[name] = (time.perf_counter() - start) / steps
-    model.zero_grad(set_to_none=True)
-    best = min(seconds, key=seconds.get)
-    model.to(memory_format=LAYOUTS[best])
-    model.load_state_dict(saved)  # copies into the parameters, keeping the chosen layout
-    model.train(was_training)
-    torch.set_rng_state(cpu_rng)
-    if cuda_rng is not None:
-        torch.cuda.set_rng_state(cuda_rng, device)
+    try:
+        for name, layout in LAYOUTS.items():
+            model.to(memory_format=layout)
+            x = example.contiguous(memory_format=layout)
+            for step in range(steps + 1):  # the first is warm-up: the library picks kernels
+                if step == 1:
+                    _sync(device)
+                    start = time.perf_counter()
+                with torch.autocast(device.type, amp_dtype, enabled=amp_dtype is not None):
+                    out = model(x)
+                loss(out).backward()
+            _sync(device)
+            seconds[name] = (time.perf_counter() - start) / steps
+    finally:  # also after an error (out of memory, say): the model is as it was given
+        model.zero_grad(set_to_none=True)
+        best = min(seconds, key=seconds.get) if len(seconds) == len(LAYOUTS) else None
+        model.to(memory_format=LAYOUTS[best or "contiguous"])
+        model.load_state_dict(saved)  # copies into the parameters, keeping their layout
+        model.train(was_training)
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state(cuda_rng, device)
     return best, seconds
 
 
@@ -63,6 +66,14 @@ def choose_layout(model: nn.Module, batch: int, image_size: int,
     example = torch.randn(batch, 3, image_size, image_size, device=device,
                           generator=torch.Generator(device).manual_seed(0))
     return faster_layout(model, example, amp_dtype)
+
+
+def checkpoint_layout(state: dict, written_on_cuda: bool) -> str:
+    """The layout a checkpoint's tensors are in. A resumed run takes it on (its optimizer
+    state must match its parameters' layout, and the fused AdamW refuses a mismatch), so a
+    run continues as it started. Checkpoints from before the layout was recorded were
+    channels_last when written on CUDA."""
+    return state.get("layout") or ("channels_last" if written_on_cuda else "contiguous")
 
 
 def _sync(device: torch.device) -> None:

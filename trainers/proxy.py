@@ -25,7 +25,7 @@ from torch import nn
 from spaces.errors import UserError
 from trainers.augment import Normalize, cutout, random_crop, random_flip
 from trainers.data import Splits
-from trainers.layout import choose_layout
+from trainers.layout import LAYOUTS, checkpoint_layout, choose_layout
 from trainers.recipes import check_settings, settings_from_dict
 from trainers.schedule import lr_at
 
@@ -296,6 +296,7 @@ class _Run:
             "recipe": asdict(self.recipe), "cpu_rng": torch.get_rng_state(),
             "gen": self.gen.get_state(),
             "cuda_rng": torch.cuda.get_rng_state(self.t.device) if self.t.cuda else None,
+            "layout": self.layout,
         }
         self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.checkpoint.with_suffix(".tmp")
@@ -307,6 +308,9 @@ class _Run:
         if state["recipe"] != asdict(self.recipe):
             raise UserError(f"checkpoint {self.checkpoint} was written with another recipe; "
                             f"delete it to start over")
+        self.layout = checkpoint_layout(state, state["cuda_rng"] is not None)
+        self.model.to(memory_format=LAYOUTS[self.layout])  # before the optimizer's state
+        self.normalize.memory_format = LAYOUTS[self.layout]
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step, self.history = state["epoch"], state["step"], state["history"]

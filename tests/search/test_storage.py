@@ -23,15 +23,23 @@ def _storage(kind: str, tmp_path):
     return open_storage(url, heartbeat=False)
 
 
+def _refuse(*_):
+    raise AssertionError("wrote through the per-attribute fallback")
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql", "memory"])
-def test_attributes_land_together_and_overwrite_like_set_user_attr(kind, tmp_path):
+def test_attributes_land_together_and_overwrite_like_set_user_attr(kind, tmp_path,
+                                                                    monkeypatch):
     storage = _storage(kind, tmp_path)
     name = f"attrs-{uuid.uuid4().hex[:8]}"
     study = optuna.create_study(study_name=name, storage=storage)
     trial = study.ask()
     trial.set_user_attr("a", 1)
     trial.set_user_attr("kept", "yes")
+    if kind != "memory":  # databases take the one-statement path, not the fallback
+        monkeypatch.setattr(optuna.Trial, "set_user_attr", _refuse)
     set_user_attrs(trial, VALUES)
+    set_user_attrs(trial, {})
     assert trial.user_attrs == {"kept": "yes", **VALUES}  # the live trial sees them at once
     study.tell(trial, 1.0)
     stored = optuna.load_study(study_name=name, storage=storage).trials[0]

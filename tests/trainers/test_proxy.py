@@ -192,3 +192,25 @@ def test_cuda_request_without_cuda_is_a_clear_error():
         pytest.skip("this machine has CUDA")
     with pytest.raises(spaces.UserError, match="no CUDA device"):
         ProxyTrainer(RECIPE, device="cuda")
+
+
+def test_a_run_resumes_in_the_layout_its_checkpoint_was_written_in(tmp_path):
+    """A checkpoint from a run that chose channels_last (on a GPU, say): the resumed run takes
+    that layout on, so its optimizer state matches its parameters (fused AdamW demands it)."""
+    recipe = Recipe(epochs=2, batch_size=32, lr=0.01)
+    ckpt = tmp_path / "trial.pt"
+    ProxyTrainer(recipe, device="cpu").fit(small_model(), tiny_splits(), checkpoint=ckpt,
+                                          report=lambda e, m: "stop")
+    state = torch.load(ckpt, weights_only=True)
+    as_cl = lambda t: t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t  # noqa: E731
+    state["model"] = {k: as_cl(v) for k, v in state["model"].items()}
+    for slot in state["optimizer"]["state"].values():
+        slot.update({k: as_cl(v) for k, v in slot.items()})
+    state["layout"] = "channels_last"
+    torch.save(state, ckpt)
+    model = small_model()
+    result = ProxyTrainer(recipe, device="cpu").fit(model, tiny_splits(), checkpoint=ckpt)
+    assert result.status == "completed" and result.epochs == 2
+    convs = [p for p in model.parameters() if p.ndim == 4 and min(p.shape[1:]) > 1]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) and
+                         not p.is_contiguous() for p in convs)
