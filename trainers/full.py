@@ -33,7 +33,7 @@ from torchvision.transforms import InterpolationMode, v2
 import spaces
 from spaces.errors import UserError
 from trainers.full_config import FullConfig
-from trainers.layout import LAYOUTS, checkpoint_layout, choose_layout
+from trainers.layout import LAYOUTS, adopt_checkpoint_layout, starting_layout
 from trainers.proxy import NAN_CHECK_EVERY, resolve_device
 from trainers.schedule import lr_at
 
@@ -225,16 +225,12 @@ class FullTrainer:
         self.completed_schedule = self.total_steps == planned
         self._build()
 
-    def _choose_layout(self, model: nn.Module) -> None:
-        """The faster memory layout for this model, timed on a batch of this run's shape;
-        with several processes, the first one's choice (DDP wants one layout)."""
-        self.layout, self.layout_seconds = choose_layout(model, self.sampler.batch,
-                                                         self.cfg.image_size, self.amp_dtype)
-        if self.procs.world > 1:
-            choice = torch.tensor([list(LAYOUTS).index(self.layout)], device=self.device)
-            dist.broadcast(choice, 0)
-            self.layout = list(LAYOUTS)[int(choice)]
-            model.to(memory_format=LAYOUTS[self.layout])
+    def _agree_on_layout(self, model: nn.Module) -> None:
+        """DDP wants one layout in every process: the first process's choice."""
+        choice = torch.tensor([list(LAYOUTS).index(self.layout)], device=self.device)
+        dist.broadcast(choice, 0)
+        self.layout = list(LAYOUTS)[int(choice)]
+        model.to(memory_format=LAYOUTS[self.layout])
 
     def _build(self) -> None:
         cfg, r = self.cfg, self.recipe
@@ -242,9 +238,11 @@ class FullTrainer:
         family = spaces.get(cfg.family)
         model = family.build(cfg.config, len(self.classes), cfg.image_size,
                              drop_path=r.drop_path).to(self.device)
-        self.layout, self.layout_seconds = "contiguous", {}
-        if self.cuda:
-            self._choose_layout(model)
+        self.layout, self.layout_seconds = starting_layout(
+            model, self.sampler.batch, cfg.image_size, self.amp_dtype,
+            resuming=self.opt.resume and self.checkpoint.exists())
+        if self.layout_seconds and self.procs.world > 1:
+            self._agree_on_layout(model)
         self.model = model
         self.forward = (nn.parallel.DistributedDataParallel(
             model, device_ids=[self.device.index] if self.cuda else None)
@@ -307,8 +305,7 @@ class FullTrainer:
             raise UserError(f"the checkpoint {self.checkpoint} was written for "
                             f"{state['total_steps']} steps, this run plans {self.total_steps}; "
                             f"resume with the same --epochs, --batch-size and --max-steps")
-        self.layout = checkpoint_layout(state, state["rng"]["cuda"] is not None)
-        self.model.to(memory_format=LAYOUTS[self.layout])  # before the optimizer's state
+        self.layout = adopt_checkpoint_layout(self.model, state, state["rng"]["cuda"] is not None)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

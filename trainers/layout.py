@@ -68,12 +68,25 @@ def choose_layout(model: nn.Module, batch: int, image_size: int,
     return faster_layout(model, example, amp_dtype)
 
 
-def checkpoint_layout(state: dict, written_on_cuda: bool) -> str:
-    """The layout a checkpoint's tensors are in. A resumed run takes it on (its optimizer
-    state must match its parameters' layout, and the fused AdamW refuses a mismatch), so a
-    run continues as it started. Checkpoints from before the layout was recorded were
-    channels_last when written on CUDA."""
-    return state.get("layout") or ("channels_last" if written_on_cuda else "contiguous")
+def starting_layout(model: nn.Module, batch: int, image_size: int,
+                    amp_dtype: torch.dtype | None, resuming: bool
+                    ) -> tuple[str, dict[str, float]]:
+    """The layout a run starts in, with the timings behind it: timed on CUDA; contiguous on
+    the CPU (channels_last only costs time there) and for a run that resumes, which takes
+    its checkpoint's layout instead (`adopt_checkpoint_layout`)."""
+    if resuming or next(model.parameters()).device.type != "cuda":
+        return "contiguous", {}
+    return choose_layout(model, batch, image_size, amp_dtype)
+
+
+def adopt_checkpoint_layout(model: nn.Module, state: dict, written_on_cuda: bool) -> str:
+    """Put `model` in the layout its checkpoint's tensors are in, before the optimizer's
+    state is loaded (that state must match its parameters' layout, and the fused AdamW
+    refuses a mismatch), so a run continues as it started. Checkpoints from before the
+    layout was recorded were channels_last when written on CUDA."""
+    name = state.get("layout") or ("channels_last" if written_on_cuda else "contiguous")
+    model.to(memory_format=LAYOUTS[name])
+    return name
 
 
 def _sync(device: torch.device) -> None:

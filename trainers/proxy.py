@@ -25,7 +25,7 @@ from torch import nn
 from spaces.errors import UserError
 from trainers.augment import Normalize, cutout, random_crop, random_flip
 from trainers.data import Splits
-from trainers.layout import LAYOUTS, checkpoint_layout, choose_layout
+from trainers.layout import LAYOUTS, adopt_checkpoint_layout, starting_layout
 from trainers.recipes import check_settings, settings_from_dict
 from trainers.schedule import lr_at
 
@@ -169,11 +169,11 @@ class _Run:
             with torch.device(trainer.device):
                 model = model()
         self.model = model.to(trainer.device)
-        self.layout = "contiguous"  # on the CPU the default layout is the fast one
+        resuming = self.checkpoint is not None and self.checkpoint.exists()
+        self.layout, _ = starting_layout(self.model, min(self.recipe.batch_size,
+                                                         len(data.train_y)),
+                                         data.image_size, trainer.amp_dtype, resuming)
         if trainer.cuda:
-            self.layout, _ = choose_layout(self.model, min(self.recipe.batch_size,
-                                                           len(data.train_y)),
-                                           data.image_size, trainer.amp_dtype)
             torch.cuda.reset_peak_memory_stats(trainer.device)
         self.forward = torch.compile(self.model) if trainer.compile else self.model
         decay = [p for p in self.model.parameters() if p.ndim > 1]
@@ -189,7 +189,7 @@ class _Run:
         self.total_steps = self.steps_per_epoch * self.recipe.epochs
         self.epoch, self.step, self.history = 0, 0, []
         self.first_step_seconds: float | None = None
-        if self.checkpoint is not None and self.checkpoint.exists():
+        if resuming:
             self._load()
 
     # --- the loop ---------------------------------------------------------------------------
@@ -308,8 +308,7 @@ class _Run:
         if state["recipe"] != asdict(self.recipe):
             raise UserError(f"checkpoint {self.checkpoint} was written with another recipe; "
                             f"delete it to start over")
-        self.layout = checkpoint_layout(state, state["cuda_rng"] is not None)
-        self.model.to(memory_format=LAYOUTS[self.layout])  # before the optimizer's state
+        self.layout = adopt_checkpoint_layout(self.model, state, state["cuda_rng"] is not None)
         self.normalize.memory_format = LAYOUTS[self.layout]
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
