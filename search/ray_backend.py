@@ -33,7 +33,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 
-from search.storage import redact
+from search.storage import redact, set_user_attrs
 from search.study import BUDGET_ATTR, StudySpec, load_spec, load_study
 from search.worker import (
     COUNTED_ATTR,
@@ -44,7 +44,7 @@ from search.worker import (
     budget,
     make_runner,
     make_sampler,
-    original_number,
+    queue_again,
 )
 from spaces.errors import UserError
 from tracking.runs import is_local
@@ -99,11 +99,8 @@ class StudySearcher(Searcher):
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             if t.number in mine:
                 continue
-            live = optuna.Trial(study, t._trial_id)
-            live.set_user_attr(STATE_ATTR, "FAIL")
-            live.set_user_attr(REASON_ATTR, "its Ray driver stopped before Ray recorded the "
-                                            "trial; queued again")
-            study.enqueue_trial(t.params, user_attrs={"retry_of": original_number(t)})
+            queue_again(study, optuna.Trial(study, t._trial_id), "its Ray driver stopped "
+                        "before Ray recorded the trial; queued again")
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
@@ -119,10 +116,9 @@ class StudySearcher(Searcher):
         result = result or {}
         outcome = result.get("patchnas_state")
         if error:
-            live.set_user_attr(STATE_ATTR, "FAIL")
-            live.set_user_attr(REASON_ATTR, f"error: the Ray trial failed {MAX_FAILURES + 1} "
-                                            f"times (see its Ray log)")
-            live.set_user_attr(COUNTED_ATTR, True)
+            set_user_attrs(live, {STATE_ATTR: "FAIL", COUNTED_ATTR: True, REASON_ATTR:
+                                  f"error: the Ray trial failed {MAX_FAILURES + 1} times "
+                                  f"(see its Ray log)"})
             study.tell(number, state=optuna.trial.TrialState.FAIL)
         elif outcome == "COMPLETE":
             study.tell(number, result["values"])
@@ -130,9 +126,8 @@ class StudySearcher(Searcher):
             study.tell(number, state=optuna.trial.TrialState.FAIL)
         else:  # PRUNED by MO-ASHA in the trial, or stopped by Ray's scheduler
             if outcome is None:
-                live.set_user_attr(STATE_ATTR, "PRUNED")
-                live.set_user_attr(REASON_ATTR, f"stopped by ASHA at epoch "
-                                                f"{result.get('epoch', '?')}")
+                set_user_attrs(live, {STATE_ATTR: "PRUNED", REASON_ATTR: f"stopped by ASHA at "
+                                      f"epoch {result.get('epoch', '?')}"})
             study.tell(number, state=optuna.trial.TrialState.PRUNED)
 
     def get_state(self) -> dict[str, Any]:

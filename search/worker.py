@@ -73,6 +73,13 @@ def counts(t: optuna.trial.FrozenTrial) -> bool:
     return True
 
 
+def queue_again(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+    """Mark a trial that will not finish here FAIL with `reason`, and queue its parameters
+    again (the retry keeps the original's number for its seed)."""
+    set_user_attrs(trial, {STATE_ATTR: "FAIL", REASON_ATTR: reason})
+    study.enqueue_trial(trial.params, user_attrs={"retry_of": original_number(trial)})
+
+
 def original_number(t: Any) -> int:
     """The number of the trial this one retries (itself if it is not a retry)."""
     attrs = t.user_attrs
@@ -150,9 +157,7 @@ class TrialRunner:
             self.log(f"trial {trial.number} failed: {type(err).__name__}: {message}")
             raise TrialFailed(type(err).__name__) from err
         except KeyboardInterrupt:
-            set_user_attrs(trial, {REASON_ATTR: "interrupted", STATE_ATTR: "FAIL"})
-            self.study.enqueue_trial(trial.params, user_attrs={
-                "retry_of": original_number(trial)})
+            queue_again(self.study, trial, "interrupted")
             raise
         finally:
             if self.child is not None:
