@@ -46,7 +46,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "convmixer-256-8-128px.yaml"
         path.write_text(config.dump())
-        cmd = [sys.executable, "-m", "search.cli", "train", "full", str(path), "--data",
+        cmd = [sys.executable, "-m", "search", "train", "full", str(path), "--data",
                args.data, "--device", args.device, "--workers", str(args.workers), "--out",
                str(Path(tmp) / "run"), "--no-tracking", "--no-progress", "--json",
                "--checkpoint-every", "0"]

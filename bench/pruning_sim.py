@@ -18,8 +18,8 @@ import math
 import random
 import statistics
 
-from search.objectives import normalized_hypervolume, parse_objectives
-from search.pruning import rung_keeps
+from search.backends.pruners import rung_keeps
+from search.study.objectives import normalized_hypervolume, parse_objectives
 
 OBJECTIVES = parse_objectives("val_acc:max,params:min")
 BOUNDS = {"params": (1e5, 1e8)}

@@ -24,9 +24,11 @@ from pathlib import Path
 import optuna
 import torch
 
-from search.runner import build_spec
-from search.study import create_or_resume
-from search.worker import TrialRunner, make_sampler, run_trials
+from search.backends.runner import TrialRunner
+from search.backends.samplers import make_sampler
+from search.backends.worker import run_trials
+from search.study.spec import build_spec
+from search.study.studies import create_or_resume
 from trainers.data import Splits
 from trainers.proxy import DeviceData, ProxyResult
 

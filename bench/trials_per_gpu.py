@@ -31,11 +31,13 @@ import optuna  # noqa: E402
 import torch  # noqa: E402
 
 import spaces  # noqa: E402
-from search.runner import RunOptions, build_spec, run_search  # noqa: E402
-from search.storage import default_url  # noqa: E402
-from search.study import create_or_resume, find_spec  # noqa: E402
-from search.train import load_splits, resolve_data  # noqa: E402
-from search.worker import STATE_ATTR  # noqa: E402
+from search.backends.base import RunOptions  # noqa: E402
+from search.backends.run import run_search  # noqa: E402
+from search.study.results import state_of  # noqa: E402
+from search.study.spec import build_spec  # noqa: E402
+from search.study.studies import create_or_resume, find_spec  # noqa: E402
+from search.study.workspace import default_storage_url as default_url  # noqa: E402
+from search.study.workspace import load_splits, resolve_data  # noqa: E402
 from spaces.overrides import parse_assignments  # noqa: E402
 
 SPACE = ["h=64,96,128,160", "d=2..6", "p=2", "k=3,5,7"]
@@ -71,8 +73,7 @@ def one_run(name: str, per_gpu: int, args, workspace: Path) -> dict:
     run_search(name, given, options, log=lambda msg: print(f"  {msg}", file=sys.stderr))
     wall = time.perf_counter() - start
     trials = optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
-    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE
-            and t.user_attrs.get(STATE_ATTR, "COMPLETE") == "COMPLETE"]
+    done = [t for t in trials if state_of(t) == "COMPLETE"]
     seconds = sorted((t.datetime_complete - t.datetime_start).total_seconds() for t in done)
     return {"per_gpu": per_gpu, "trials": len(trials), "trained": len(done),
             "wall_seconds": round(wall, 1),

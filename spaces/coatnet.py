@@ -25,10 +25,11 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.ops import StochasticDepth
 
 from spaces.errors import UserError
 from spaces.family import Family, Preset, stem_stride_for
-from spaces.layers import DropPath, depth_rates
+from spaces.layers import depth_rates
 from spaces.params import Choices, Param, Range
 
 LAYOUTS = ("CCCC", "CCCT", "CCTT", "CTTT")
@@ -153,6 +154,11 @@ class Shortcut(nn.Sequential):
 
 
 class SqueezeExcite(nn.Module):
+    """timm's SEModule as CoAtNet uses it: mean pool -> 1x1 (bias) -> SiLU -> 1x1 (bias) ->
+    sigmoid gate. torchvision.ops.SqueezeExcitation(channels, reduced, nn.SiLU) computes the
+    same with the same parameters, but names them fc1/fc2: kept for its names, which tests
+    (`se.reduce`) and CoAtNet checkpoints already written use."""
+
     def __init__(self, channels: int, reduced: int):
         super().__init__()
         self.reduce = nn.Conv2d(channels, reduced, 1)
@@ -175,7 +181,7 @@ class MBConv(nn.Module):
                                        nn.BatchNorm2d(mid), nn.GELU())
         self.se = SqueezeExcite(mid, int(cout * SE_RATIO))
         self.project = nn.Conv2d(mid, cout, 1)
-        self.drop_path = DropPath(drop_path)
+        self.drop_path = StochasticDepth(drop_path, "row")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.project(self.se(self.depthwise(self.expand(self.pre_norm(x)))))
@@ -219,7 +225,7 @@ class TransformerBlock(nn.Module):
         self.norm2 = LayerNorm2d(cout, eps=1e-6)
         self.mlp = nn.Sequential(nn.Conv2d(cout, cout * EXPANSION, 1), nn.GELU(),
                                  nn.Conv2d(cout * EXPANSION, cout, 1))
-        self.drop_path = DropPath(drop_path)
+        self.drop_path = StochasticDepth(drop_path, "row")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.shortcut(x) + self.drop_path(self.attn(self.norm1(x)))

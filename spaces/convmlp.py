@@ -19,10 +19,11 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
+from torchvision.ops import MLP, StochasticDepth
 
 from spaces.errors import UserError
 from spaces.family import Family, Preset, stem_stride_for
-from spaces.layers import DropPath, depth_rates
+from spaces.layers import depth_rates
 from spaces.params import Param, Range
 
 
@@ -142,9 +143,10 @@ class ConvStage(nn.Module):
         return self.downsample(x)
 
 
-class Mlp(nn.Sequential):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+def _mlp(dim: int, hidden: int) -> MLP:
+    """The reference code's channel MLP: Linear (bias) -> GELU -> Linear (bias). torchvision
+    adds a Dropout after each Linear; at p=0 they return their input untouched."""
+    return MLP(dim, [hidden, dim], activation_layer=nn.GELU)
 
 
 class ConvMLPBlock(nn.Module):
@@ -153,12 +155,12 @@ class ConvMLPBlock(nn.Module):
     def __init__(self, dim: int, hidden: int, drop_path: float):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.mlp1 = Mlp(dim, hidden)
+        self.mlp1 = _mlp(dim, hidden)
         self.connect_norm = nn.LayerNorm(dim)
         self.connect = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim, bias=False)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp2 = Mlp(dim, hidden)
-        self.drop_path = DropPath(drop_path)
+        self.mlp2 = _mlp(dim, hidden)
+        self.drop_path = StochasticDepth(drop_path, "row")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.mlp1(self.norm1(x)))

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils import flop_counter
+from torchvision.ops import StochasticDepth
 
 from spaces.family import PROXY_SIZE, Family
-from spaces.layers import DropPath
 
 _SDPA_CPU = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 if _SDPA_CPU not in flop_counter.flop_registry:
@@ -65,7 +65,7 @@ class Costs:
 # Layers the flop counter does not count; on the meta device their decompositions still
 # cost 90% of the counting time, so they are swapped for Identity first (same shapes).
 UNCOUNTED = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GELU, nn.ReLU, nn.SiLU,
-             nn.Tanh, nn.Dropout, DropPath)
+             nn.Tanh, nn.Dropout, StochasticDepth)
 
 
 def _strip_uncounted(module: nn.Module) -> nn.Module:

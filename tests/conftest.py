@@ -1,9 +1,5 @@
-"""Shared test helpers.
-
-Tests that need something from outside (the shared data, a service) call `need(...)`: it skips
-with a reason on a developer's machine, and fails in CI (`PATCHNAS_CI=1`, set by .ci/run),
-where everything must be present. GPU tests are marked `gpu` and always skip without CUDA.
-"""
+"""Fixtures shared by the tests (helpers live in tests/helpers.py). GPU tests are marked
+`gpu` and always skip without CUDA."""
 
 from __future__ import annotations
 
@@ -15,17 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("PATCHNAS_SHARED_DATA", ROOT.parent / "shared" / "data"))
-IN_CI = os.environ.get("PATCHNAS_CI") == "1"
-
-
-def need(condition: bool, reason: str) -> None:
-    if condition:
-        return
-    if IN_CI:
-        pytest.fail(f"CI requires it: {reason}")
-    pytest.skip(reason)
+from tests.helpers import CIFAR_ARCHIVE, IMAGENETTE, need
 
 
 def pytest_collection_modifyitems(config, items):
@@ -35,10 +21,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
-
-
-CIFAR_ARCHIVE = SHARED_DATA / "cifar10-jpeg.tar.gz"
-IMAGENETTE = SHARED_DATA / "imagenette-128.tar.gz"
 
 
 @pytest.fixture(scope="session")

@@ -10,11 +10,13 @@ import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import matplotlib
+import plotly.graph_objects as go
+from matplotlib.figure import Figure  # drawn to bytes: no pyplot, no global backend
 
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import plotly.graph_objects as go  # noqa: E402
+
+def _figure(ncols: int = 1, **kwargs):
+    fig = Figure(**kwargs)
+    return fig, fig.subplots(1, ncols)
 
 
 def _axes(points: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
@@ -24,7 +26,7 @@ def _axes(points: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
 
 
 def pareto_png(points: Sequence[Mapping[str, Any]], title: str) -> bytes:
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    fig, ax = _figure(figsize=(7, 4.5), dpi=120)
     if points:
         x_key, y_key = _axes(points)
         for on_front, style in ((False, dict(color="0.6", s=18, label="trials")),
@@ -61,7 +63,7 @@ def pareto_html(points: Sequence[Mapping[str, Any]], title: str) -> str:
 
 def hypervolume_png(by_trials: Sequence[tuple[int, float]],
                     by_seconds: Sequence[tuple[float, float]], device: str) -> bytes:
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
+    fig, (left, right) = _figure(2, figsize=(10, 4), dpi=120)
     left.plot([n for n, _ in by_trials], [h for _, h in by_trials], drawstyle="steps-post")
     left.set_xlabel("trials finished")
     left.set_ylabel("hypervolume")
@@ -76,7 +78,7 @@ def hypervolume_png(by_trials: Sequence[tuple[int, float]],
 
 def importances_png(importances: Mapping[str, float]) -> bytes:
     names = list(importances)[::-1]
-    fig, ax = plt.subplots(figsize=(6, 0.35 * len(names) + 1.2), dpi=120)
+    fig, ax = _figure(figsize=(6, 0.35 * len(names) + 1.2), dpi=120)
     ax.barh(names, [importances[n] for n in names], color="C0")
     ax.set_xlabel("importance for val_acc (fANOVA)")
     return _png(fig)
@@ -85,6 +87,5 @@ def importances_png(importances: Mapping[str, float]) -> bytes:
 def _png(fig) -> bytes:
     out = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(out, format="png")
-    plt.close(fig)
+    fig.savefig(out, format="png")  # a Figure without pyplot is freed with its last ref
     return out.getvalue()

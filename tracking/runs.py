@@ -26,11 +26,6 @@ RUN_STATUS = {"COMPLETE": "FINISHED", "REUSED": "FINISHED", "INFEASIBLE": "FINIS
 MAX_PARAM = 6000  # MLflow's limit on a param value
 
 
-def default_uri(workspace: Path) -> str:
-    # a busy SQLite file waits rather than failing when several workers log at once
-    return f"sqlite:///{(workspace / 'mlflow.db').resolve()}?timeout=60"
-
-
 def is_local(uri: str) -> bool:
     """A tracking URI that only this host can reach."""
     return uri.startswith(("sqlite:", "file:", "/")) or "://" not in uri

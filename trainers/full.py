@@ -8,8 +8,9 @@ because nothing random depends on process history: the sample order of epoch e i
 permutation seeded by (seed, e); each sample's augmentation is drawn after seeding with
 (seed, e, index), so DataLoader workers and restarts do not matter; and the main process
 reseeds with (seed, e, step, rank) before mixing a batch (MixUp/CutMix, drop path). The
-checkpoint holds the model, optimizer, scheduler, grad scaler, RNG states and the position
-(epoch, step in epoch); a resumed epoch skips the batches already trained.
+checkpoint holds the model, optimizer, grad scaler, RNG states and the position (epoch, step
+in epoch); a resumed epoch skips the batches already trained, and its learning-rate schedule
+is built again at the step (the rate is a function of the step alone).
 """
 
 from __future__ import annotations
@@ -34,8 +35,16 @@ import spaces
 from spaces.errors import UserError
 from trainers.full_config import FullConfig
 from trainers.layout import LAYOUTS, adopt_checkpoint_layout, starting_layout
-from trainers.proxy import NAN_CHECK_EVERY, resolve_device
-from trainers.schedule import lr_at
+from trainers.plumbing import (
+    NAN_CHECK_EVERY,
+    lr_scheduler,
+    mix_seed,
+    param_groups,
+    resolve_device,
+    restore_rng,
+    rng_state,
+    save_atomic,
+)
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CHECKPOINT, WEIGHTS = "last.pt", "model.pt"
@@ -106,14 +115,6 @@ def join_processes(device: str | None) -> Processes:
     return Processes(dist.get_rank(), dist.get_world_size(), wanted)
 
 
-def _mix(*numbers: int) -> int:
-    """A seed from several integers (no collisions for realistic ranges)."""
-    out = 0
-    for n in numbers:
-        out = (out * 1_000_003 + n) % (2**63 - 1)
-    return out
-
-
 # --- data -------------------------------------------------------------------------------
 class SeededSamples(Dataset):
     """Yields sample `i` of epoch `e` (keys are (e, i)) augmented under seed (seed, e, i)."""
@@ -126,7 +127,7 @@ class SeededSamples(Dataset):
 
     def __getitem__(self, key: tuple[int, int]):
         epoch, index = key
-        torch.manual_seed(_mix(self.seed, epoch, index))
+        torch.manual_seed(mix_seed(self.seed, epoch, index))
         return self.base[index]
 
 
@@ -146,7 +147,7 @@ class EpochSampler(Sampler):
         return (self.steps_per_epoch - self.skip) * self.batch
 
     def __iter__(self):
-        gen = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
+        gen = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
         order = torch.randperm(self.n, generator=gen)[:self.steps_per_epoch * self.world
                                                      * self.batch]
         mine = order[self.rank::self.world][self.skip * self.batch:]
@@ -247,19 +248,19 @@ class FullTrainer:
         self.forward = (nn.parallel.DistributedDataParallel(
             model, device_ids=[self.device.index] if self.cuda else None)
             if self.procs.world > 1 else model)
-        decay = [p for p in model.parameters() if p.ndim > 1]
-        no_decay = [p for p in model.parameters() if p.ndim <= 1]  # biases and norms
-        peak = r.lr_for(self.batch)
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": r.weight_decay},
-             {"params": no_decay, "weight_decay": 0.0}], lr=peak, eps=r.eps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_at(r.schedule, peak, step, self.total_steps,
-                                               r.warmup, r.min_lr) / peak)
+        self.optimizer = torch.optim.AdamW(  # lr: the scheduler sets it
+            param_groups(model, r.weight_decay), lr=0.0, eps=r.eps)
+        self.scheduler = self._scheduler(step=0)
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=self.amp_dtype == torch.float16)
         self.mixer = batch_mixer(r, len(self.classes))
         self.epoch, self.step_in_epoch, self.step, self.history = 0, 0, 0, []
+
+    def _scheduler(self, step: int) -> torch.optim.lr_scheduler.LambdaLR:
+        """The learning-rate schedule, positioned at update `step`."""
+        r = self.recipe
+        return lr_scheduler(self.optimizer, r.schedule, r.lr_for(self.batch), self.total_steps,
+                            r.warmup, r.min_lr, step=step)
 
     # --- identity and checkpoints ---------------------------------------------------------
     def identity(self) -> dict[str, Any]:
@@ -274,18 +275,13 @@ class FullTrainer:
         if self.procs.main:
             state = {
                 "identity": self.identity(), "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "rng": {"cpu": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state(self.device) if self.cuda else None},
+                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "rng": rng_state(self.device),
                 "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "step": self.step,
                 "total_steps": self.total_steps, "history": self.history,
                 "layout": self.layout,
             }
-            self.opt.out.mkdir(parents=True, exist_ok=True)
-            tmp = self.checkpoint.with_suffix(".tmp")
-            torch.save(state, tmp)
-            tmp.replace(self.checkpoint)  # never half a checkpoint
+            save_atomic(state, self.checkpoint)
         if self.procs.world > 1:
             dist.barrier()
 
@@ -308,13 +304,12 @@ class FullTrainer:
         self.layout = adopt_checkpoint_layout(self.model, state, state["rng"]["cuda"] is not None)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"]["cpu"].cpu())
-        if self.cuda and state["rng"]["cuda"] is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
+        restore_rng(state["rng"], self.device)
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.step, self.history = state["step"], state["history"]
+        # the schedule from the step; an older checkpoint's "scheduler" entry is not needed
+        self.scheduler = self._scheduler(self.step)
 
     # --- the loop -------------------------------------------------------------------------
     def fit(self, report: Report | None = None, log=print) -> FullResult:
@@ -349,7 +344,7 @@ class FullTrainer:
         last = self.history[-1] if self.history else {"top1": math.nan, "top5": math.nan}
         weights = self.opt.out / WEIGHTS
         if self.procs.main:
-            torch.save(self.model.state_dict(), weights)  # tensors only, never a pickled model
+            save_atomic(self.model.state_dict(), weights)  # tensors only, never a pickled model
         return FullResult(last["top1"], last["top5"], self.epoch, self.step,
                           self.completed_schedule, time.perf_counter() - start,
                           self.procs.world, len(self.classes), str(weights), list(self.history))
@@ -365,7 +360,7 @@ class FullTrainer:
         loss_sum, seen = torch.zeros((), device=self.device), 0
         every = self.opt.checkpoint_every
         for x, y in loader:
-            torch.manual_seed(_mix(self.opt.seed, self.epoch, self.step_in_epoch,
+            torch.manual_seed(mix_seed(self.opt.seed, self.epoch, self.step_in_epoch,
                                    self.procs.rank))
             if self.mixer is not None:
                 x, y = self.mixer(x, y)

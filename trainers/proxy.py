@@ -26,38 +26,19 @@ from spaces.errors import UserError
 from trainers.augment import Normalize, cutout, random_crop, random_flip
 from trainers.data import Splits
 from trainers.layout import LAYOUTS, adopt_checkpoint_layout, starting_layout
-from trainers.recipes import check_settings, settings_from_dict
+from trainers.plumbing import (
+    NAN_CHECK_EVERY,
+    lr_scheduler,
+    param_groups,
+    resolve_device,
+    restore_rng,
+    rng_state,
+    save_atomic,
+)
+from trainers.recipes import Recipe  # defined torch-free there; callers import it from here too
 from trainers.schedule import lr_at
 
 Report = Callable[[int, dict[str, float]], Any]
-NAN_CHECK_EVERY = 25  # steps between finiteness checks (each one syncs the device)
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Everything about a proxy run that is not the architecture or the data."""
-
-    epochs: int = 10
-    batch_size: int = 512
-    lr: float = 0.01  # peak learning rate
-    weight_decay: float = 0.01
-    schedule: str = "onecycle"
-    warmup: float = 0.05  # fraction of steps, for "cosine"
-    label_smoothing: float = 0.1
-    clip_norm: float = 1.0  # 0 turns clipping off
-    crop_padding: int = 4
-    flip: bool = True
-    cutout: int = 0  # side of the zeroed square; 0 turns it off
-    drop_path: float = 0.0
-    eval_batch_size: int = 1024
-
-    def __post_init__(self) -> None:
-        check_settings(self.epochs, (self.batch_size, self.eval_batch_size), self.lr,
-                       self.weight_decay, self.label_smoothing, self.schedule)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> Recipe:
-        return settings_from_dict(cls, values)
 
 
 def learning_rate(recipe: Recipe, step: int, total_steps: int) -> float:
@@ -108,15 +89,6 @@ def channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[tuple, tuple]:
     mean = total / n
     std = (squares / n - mean * mean).sqrt()
     return tuple(mean.tolist()), tuple(std.tolist())
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda, but no CUDA device is visible; use --device cpu")
-    return device
 
 
 class ProxyTrainer:
@@ -176,11 +148,8 @@ class _Run:
         if trainer.cuda:
             torch.cuda.reset_peak_memory_stats(trainer.device)
         self.forward = torch.compile(self.model) if trainer.compile else self.model
-        decay = [p for p in self.model.parameters() if p.ndim > 1]
-        no_decay = [p for p in self.model.parameters() if p.ndim <= 1]
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.recipe.weight_decay},
-             {"params": no_decay, "weight_decay": 0.0}], lr=0.0,
+        self.optimizer = torch.optim.AdamW(  # lr: the scheduler sets it (below)
+            param_groups(self.model, self.recipe.weight_decay), lr=0.0,
             fused=trainer.cuda or None)
         self.gen = torch.Generator(device=trainer.device).manual_seed(seed)
         self.normalize = Normalize(trainer.device, trainer.amp_dtype or torch.float32,
@@ -191,6 +160,9 @@ class _Run:
         self.first_step_seconds: float | None = None
         if resuming:
             self._load()
+        # built at the step the run starts from (0, or the checkpoint's)
+        self.scheduler = lr_scheduler(self.optimizer, self.recipe.schedule, self.recipe.lr,
+                                      self.total_steps, self.recipe.warmup, step=self.step)
 
     # --- the loop ---------------------------------------------------------------------------
     def train(self, report: Report | None, evaluate_test: bool, start: float) -> ProxyResult:
@@ -230,9 +202,6 @@ class _Run:
             if r.flip:
                 x = random_flip(x, self.gen)
             x = cutout(self.normalize(x), r.cutout, self.gen)
-            lr = learning_rate(r, self.step, self.total_steps)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
             tick = time.perf_counter() if self.first_step_seconds is None else None
             with torch.autocast(self.t.device.type, self.t.amp_dtype,
                                 enabled=self.t.amp_dtype is not None):
@@ -244,6 +213,7 @@ class _Run:
             if r.clip_norm:
                 nn.utils.clip_grad_norm_(self.model.parameters(), r.clip_norm)
             self.optimizer.step()
+            self.scheduler.step()
             self.step += 1
             loss_sum += loss.detach() * len(idx)
             if tick is not None:
@@ -293,27 +263,22 @@ class _Run:
         state = {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch, "step": self.step, "history": self.history,
-            "recipe": asdict(self.recipe), "cpu_rng": torch.get_rng_state(),
-            "gen": self.gen.get_state(),
-            "cuda_rng": torch.cuda.get_rng_state(self.t.device) if self.t.cuda else None,
-            "layout": self.layout,
+            "recipe": asdict(self.recipe), "rng": rng_state(self.t.device),
+            "gen": self.gen.get_state(), "layout": self.layout,
         }
-        self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.checkpoint.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.checkpoint)  # a crash mid-write never leaves half a checkpoint
+        save_atomic(state, self.checkpoint)
 
     def _load(self) -> None:
         state = torch.load(self.checkpoint, map_location=self.t.device, weights_only=True)
         if state["recipe"] != asdict(self.recipe):
             raise UserError(f"checkpoint {self.checkpoint} was written with another recipe; "
                             f"delete it to start over")
-        self.layout = adopt_checkpoint_layout(self.model, state, state["cuda_rng"] is not None)
+        # checkpoints written before the two RNG states were one entry
+        rng = state.get("rng") or {"cpu": state["cpu_rng"], "cuda": state["cuda_rng"]}
+        self.layout = adopt_checkpoint_layout(self.model, state, rng["cuda"] is not None)
         self.normalize.memory_format = LAYOUTS[self.layout]
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step, self.history = state["epoch"], state["step"], state["history"]
-        torch.set_rng_state(state["cpu_rng"].cpu())
+        restore_rng(rng, self.t.device)
         self.gen.set_state(state["gen"].cpu())
-        if state["cuda_rng"] is not None and self.t.cuda:
-            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.t.device)

@@ -1,7 +1,10 @@
-"""The full-training recipe: each family's published ImageNet recipe as the default.
+"""The recipes: the proxy's (`Recipe`), and the full training's (`FullRecipe`) with each
+family's published ImageNet recipe as the default.
 
-Learning rates are given at the published global batch (`ref_batch`) and scaled linearly
-with the batch actually used (`lr_for`), as the papers' own code does.
+Full-training learning rates are given at the published global batch (`ref_batch`) and
+scaled linearly with the batch actually used (`lr_for`), as the papers' own code does.
+
+Torch-free, so the CLI can read and check a recipe before (or without) loading torch.
 """
 
 from __future__ import annotations
@@ -11,6 +14,33 @@ from typing import Any
 
 from spaces.errors import UserError
 from trainers.schedule import SCHEDULES
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything about a proxy run that is not the architecture or the data."""
+
+    epochs: int = 10
+    batch_size: int = 512
+    lr: float = 0.01  # peak learning rate
+    weight_decay: float = 0.01
+    schedule: str = "onecycle"
+    warmup: float = 0.05  # fraction of steps, for "cosine"
+    label_smoothing: float = 0.1
+    clip_norm: float = 1.0  # 0 turns clipping off
+    crop_padding: int = 4
+    flip: bool = True
+    cutout: int = 0  # side of the zeroed square; 0 turns it off
+    drop_path: float = 0.0
+    eval_batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        check_settings(self.epochs, (self.batch_size, self.eval_batch_size), self.lr,
+                       self.weight_decay, self.label_smoothing, self.schedule)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Recipe:
+        return settings_from_dict(cls, values)
 
 
 @dataclass(frozen=True)

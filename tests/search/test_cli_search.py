@@ -5,7 +5,7 @@ import json
 import pytest
 
 from search.cli import main
-from search.study import load_spec, load_study
+from search.study.studies import load_spec, load_study
 
 
 def test_study_file_with_flags_on_top(tmp_path, tiny_data, capsys, monkeypatch):

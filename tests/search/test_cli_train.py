@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from search.cli import main
-from tests.conftest import CIFAR_ARCHIVE
+from tests.helpers import CIFAR_ARCHIVE
 
 PATCHNAS = str(Path(sys.executable).with_name("patchnas"))
 

@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
-import uuid
-from pathlib import Path
 
 import pytest
 import yaml
 from mlflow import MlflowClient
 
 from search.cli import main
-from search.export import Selection, select
-from search.feedback import confirmations, full_results
-from search.storage import redact
-from search.study import load_spec, load_study
+from search.promote.fidelity import kendall_tau_b, spearman
+from search.promote.select import Selection, select
+from search.study.record import confirmations, full_results
+from search.study.storage import redact
+from search.study.studies import load_spec, load_study
+from search.study.workspace import default_tracking_uri as default_uri
 from spaces.errors import UserError
-from tests.search.conftest import TINY
-from tracking.runs import default_uri
+from tests.helpers import RAY, TINY, free_port, ray_head
 from trainers.full_config import FullConfig
 
 
@@ -162,9 +160,13 @@ def test_promote_trains_writes_back_registers_and_scores_fidelity(study_ws, tmp_
     assert main(["search", "fidelity", "ex", "--workspace", str(study_ws), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["n"] == 3 and report["partial"] == 3
-    for name in ("kendall_tau", "spearman"):
-        lo, hi = report[name]["ci95"]
-        assert -1 <= lo <= hi <= 1 or report[name]["value"] != report[name]["value"]
+    # the report's pairs are the written-back results, and its statistics are theirs
+    assert {p["trial"]: p["full_top1"] for p in report["pairs"]} == \
+        {n: f["top1"] for n, f in full.items()}
+    x = [p["proxy_val_acc"] for p in report["pairs"]]
+    y = [p["full_top1"] for p in report["pairs"]]
+    for name, stat in (("kendall_tau", kendall_tau_b), ("spearman", spearman)):
+        assert report[name]["value"] == pytest.approx(stat(x, y), nan_ok=True)
 
 
 def test_fidelity_needs_three_full_results(tmp_path, tiny_data, capsys):
@@ -181,28 +183,16 @@ def test_fidelity_needs_three_full_results(tmp_path, tiny_data, capsys):
 
 @pytest.fixture
 def ray_jobs():
-    """A Ray head with its dashboard (the job server) and `patchnas` on its PATH. Its token
-    lives only in the env of the processes that talk to it: Ray caches a token per process,
-    and in-process Ray (the Ray backend's tests) must not inherit this one."""
-    ray = str(Path(sys.executable).with_name("ray"))
-    port = 8300 + os.getpid() % 500
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
-           "RAY_AUTH_TOKEN": uuid.uuid4().hex}
-    head = subprocess.run([ray, "start", "--head", f"--port={port + 1000}", "--num-cpus=2",
-                           "--include-dashboard=true", f"--dashboard-port={port}",
-                           "--disable-usage-stats"], capture_output=True, text=True,
-                          timeout=180, env=env)
-    assert head.returncode == 0, head.stderr
-    try:
+    """A Ray head with its dashboard (the job server) and `patchnas` on its PATH."""
+    port = free_port()
+    with ray_head("--include-dashboard=true", f"--dashboard-port={port}",
+                  num_cpus=2) as (_, env):
         yield f"http://127.0.0.1:{port}", env
-    finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120, env=env)
 
 
 def test_promote_submits_ray_jobs(study_ws, tmp_path, imagenette_small, ray_jobs):
     address, env = ray_jobs
-    out = subprocess.run([sys.executable, "-m", "search.cli", "promote", "ex", "--select",
+    out = subprocess.run([sys.executable, "-m", "search", "promote", "ex", "--select",
                           "knee", "--launch", "ray", "--ray-address", address, "--full-data",
                           str(imagenette_small), "--target-size", "96", "--out",
                           str(tmp_path / "jobs"), "--epochs", "1", "--max-steps", "1",
@@ -211,17 +201,16 @@ def test_promote_submits_ray_jobs(study_ws, tmp_path, imagenette_small, ray_jobs
                          timeout=300)
     assert out.returncode == 0, out.stderr
     [item] = json.loads(out.stdout)
-    ray = str(Path(sys.executable).with_name("ray"))
     deadline = time.monotonic() + 300
     while True:
-        shown = subprocess.run([ray, "job", "status", item["ray_job"], "--address", address],
+        shown = subprocess.run([RAY, "job", "status", item["ray_job"], "--address", address],
                                capture_output=True, text=True, env=env, timeout=60)
         status = (shown.stdout + shown.stderr).lower()  # "job '...' succeeded"
         if any(s in status for s in ("succeeded", "failed", "stopped")):
             break
         assert time.monotonic() < deadline, "the Ray job did not finish"
         time.sleep(1)
-    logs = subprocess.run([ray, "job", "logs", item["ray_job"], "--address", address],
+    logs = subprocess.run([RAY, "job", "logs", item["ray_job"], "--address", address],
                           capture_output=True, text=True, env=env, timeout=60).stdout
     assert "succeeded" in status, logs[-2000:]
     full = full_results(load_study("ex", url(study_ws)))

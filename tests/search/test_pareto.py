@@ -5,8 +5,9 @@ import random
 
 import pytest
 
-from search.objectives import normalize, normalized_hypervolume, parse_objectives
-from search.pareto import (
+from search.backends.pruners import rung_keeps
+from search.study.objectives import normalize, normalized_hypervolume, parse_objectives
+from search.study.pareto import (
     crowding_distances,
     dominates,
     hypervolume,
@@ -14,7 +15,6 @@ from search.pareto import (
     nsga2_order,
     pareto_front,
 )
-from search.pruning import rung_keeps
 from spaces.errors import UserError
 
 
@@ -93,3 +93,43 @@ def test_rung_keeps_its_front_and_the_best_third():
     front = [(-0.9, 10), (-0.8, 5), (-0.7, 1), (-0.6, 10), (-0.5, 10), (-0.4, 10)]
     assert [i for i in range(6) if rung_keeps(front, i, eta=3)] == [0, 1, 2]
     assert all(rung_keeps(pts[:2], i, eta=3) for i in range(2))  # too few to halve yet
+
+
+def _study_with_twins(rng):
+    """A stored two-objective study whose trials share architectures (same costs, other
+    accuracies: trained concurrently, or again), some with equal accuracies."""
+    import optuna
+
+    from search.study import record
+    from search.study.record import StudyKey
+    from search.study.spec import build_spec
+
+    spec = build_spec("twins", {"family": "convmixer"}, None, "data")
+    study = optuna.create_study(directions=spec.directions,
+                                storage=optuna.storages.InMemoryStorage())
+    record.write_json(study, StudyKey.SPEC, spec.to_dict())
+    archs = [(f"a{i}", rng.choice([1e5, 2e5, 4e5, 8e5])) for i in range(rng.randint(2, 8))]
+    for _ in range(rng.randint(3, 25)):
+        digest, params = rng.choice(archs)
+        acc = rng.choice([0.1, 0.15, 0.18, 0.2, 0.3, rng.random()])
+        study.add_trial(optuna.trial.create_trial(
+            values=[acc, params],
+            user_attrs=record.TrialRecord.attrs(state="COMPLETE", arch_hash=digest)))
+    return study, spec
+
+
+def test_the_front_is_optunas_best_trials_one_per_architecture():
+    from search.study.record import TrialRecord
+    from search.study.results import front_trials
+
+    rng = random.Random(0)
+    for _ in range(200):
+        study, spec = _study_with_twins(rng)
+        ours = front_trials(study, spec)
+        optunas = {t.number for t in study.best_trials}
+        arch = {t.number: TrialRecord.from_trial(t).arch_hash for t in study.trials}
+        assert sorted(arch[t.number] for t in ours) == sorted({arch[n] for n in optunas})
+        for t in ours:  # the best of its architecture, and on Optuna's front
+            assert t.number in optunas
+            twins = [u for u in study.trials if arch[u.number] == arch[t.number]]
+            assert t.values[0] == max(u.values[0] for u in twins)

@@ -9,18 +9,16 @@ from pathlib import Path
 
 from optuna.trial import TrialState
 
-from search.runner import build_spec
-from search.study import create_or_resume, load_study
-from search.train import load_splits
-from tests.conftest import need
-from tests.search.conftest import TINY
+from search.study.spec import build_spec
+from search.study.studies import create_or_resume, load_study
+from search.study.workspace import load_splits
+from tests.helpers import TINY, postgres_url
 
 PATCHNAS = str(Path(sys.executable).with_name("patchnas"))
 
 
 def test_two_workers_share_one_study_and_its_budget(tmp_path, tiny_data):
-    url = os.environ.get("PATCHNAS_TEST_POSTGRES")
-    need(bool(url), "set PATCHNAS_TEST_POSTGRES to a PostgreSQL URL (.ci/run starts one)")
+    url = postgres_url()
     name = f"pg-{uuid.uuid4().hex[:8]}"
     ws = tmp_path / "ws"
     spec = build_spec(name, {**TINY, "epochs": 3, "pruner": "none",

@@ -17,29 +17,40 @@ import pytest
 from optuna.trial import TrialState
 
 from search.cli import main
-from search.study import load_study
+from search.study.record import TrialRecord
+from search.study.results import state_of
+from search.study.studies import load_study
 from spaces.errors import UserError
-from tests.conftest import need
-from tests.search.conftest import TINY
-from tests.tracking.layout import check_study_runs
+from tests.helpers import (
+    RAY,
+    TINY_SETS,
+    check_study_runs,
+    pids_where,
+    postgres_url,
+    ray_head,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
-SETS = [f"{k}={v}" for k, v in TINY["overrides"].items()]
-RAY = str(Path(sys.executable).with_name("ray"))
+SETS = TINY_SETS
 
 
 def study_trials(ws: Path, name: str):
     return load_study(name, f"sqlite:///{ws.resolve()}/optuna.db").trials
 
 
-def no_stopped_trial_is_complete(trials, epochs: int) -> None:
-    for t in trials:
-        curve = t.user_attrs.get("curve", [])
-        if t.state == TrialState.COMPLETE and t.user_attrs["state"] == "COMPLETE":
-            assert len(curve) == epochs, t.number
-        if t.state == TrialState.PRUNED:  # by the rule, or the reuse of a pruned trial
-            assert t.user_attrs["state"] in ("PRUNED", "REUSED"), t.number
-            assert 0 < len(curve) < epochs, t.number
+def no_stopped_trial_is_complete(trials, epochs: int) -> list:
+    """Trained COMPLETE trials ran every epoch, PRUNED ones fewer; returns the pruned."""
+    records = {t.number: TrialRecord.from_trial(t) for t in trials}
+    complete = [t for t in trials if t.state == TrialState.COMPLETE
+                and records[t.number].state == "COMPLETE"]
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert complete, [state_of(t) for t in trials]
+    assert all(len(records[t.number].curve) == epochs for t in complete)
+    for t in pruned:  # by the rule, or the reuse of a pruned trial
+        assert records[t.number].state in ("PRUNED", "REUSED"), t.number
+        assert 0 < len(records[t.number].curve) < epochs, t.number
+    return pruned
 
 
 def test_several_objectives_give_the_optuna_backends_layout(tiny_data, tmp_path, capsys):
@@ -69,41 +80,25 @@ def test_one_objective_is_pruned_by_ashas_rungs_as_pruned(tiny_data, tmp_path, c
                  str(tiny_data), "--workspace", str(ws), "--backend", "ray",
                  "--no-tracking", "--json"]) == 0
     trials = study_trials(ws, "asha")
-    no_stopped_trial_is_complete(trials, 4)
-    for t in trials:
-        if t.state == TrialState.PRUNED and "ASHA" in (t.user_attrs.get("reason") or ""):
-            epoch = int(t.user_attrs["reason"].rsplit(" ", 1)[1])
-            assert len(t.user_attrs["curve"]) == epoch
+    pruned = no_stopped_trial_is_complete(trials, 4)
+    by_asha = [TrialRecord.from_trial(t) for t in pruned
+               if "ASHA" in (TrialRecord.from_trial(t).reason or "")]
+    assert by_asha, [TrialRecord.from_trial(t).reason for t in trials]
+    for r in by_asha:  # stopped at a rung: its curve ends there
+        assert len(r.curve) == int(r.reason.rsplit(" ", 1)[1]) in (1, 2)
 
 
 def _slow_study(name: str, ws: Path, data: Path, extra: list[str]) -> list[str]:
     """A study whose trials take seconds each, so something can be killed mid-trial."""
-    return [sys.executable, "-m", "search.cli", "search", "run", "--name", name, "--family",
+    return [sys.executable, "-m", "search", "search", "run", "--name", name, "--family",
             "convmixer", "--set", "h=96", "d=3", "p=2", "k=3,5,7", "--trials", "4",
             "--epochs", "6", "--pruner", "none", "--val-size", "40", "--device", "cpu",
             "--data", str(data), "--workspace", str(ws), "--backend", "ray", "--no-tracking",
             *extra]
 
 
-def _wait(predicate, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _ray_trial_pids() -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            cmd = (proc / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if cmd.startswith(b"ray::ImplicitFunc"):
-            pids.append(int(proc.name))
-    return pids
+    return pids_where(lambda argv: argv[0].startswith(b"ray::ImplicitFunc"))
 
 
 def _finished_once(trials, budget: int) -> None:
@@ -111,7 +106,7 @@ def _finished_once(trials, budget: int) -> None:
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == budget  # none lost, none repeated
     failed = [t for t in trials if t.state == TrialState.FAIL]
-    assert all(t.user_attrs.get("reason") for t in failed)
+    assert all(TrialRecord.from_trial(t).reason for t in failed)
 
 
 def test_killing_the_driver_then_rerunning_keeps_finished_trials(tiny_data, tmp_path):
@@ -119,13 +114,8 @@ def test_killing_the_driver_then_rerunning_keeps_finished_trials(tiny_data, tmp_
     cmd = _slow_study("kd", ws, tiny_data, ["--workers", "1"])
     driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
-    def one_complete():
-        try:
-            return any(t.state == TrialState.COMPLETE for t in study_trials(ws, "kd"))
-        except UserError:  # the study is not created yet
-            return False
-
-    _wait(one_complete, 240, "a finished trial")
+    wait_for(lambda: any(t.state == TrialState.COMPLETE for t in study_trials(ws, "kd")),
+             240, "a finished trial", ignore=(UserError,))  # UserError: no study yet
     before = {t.number: t.values for t in study_trials(ws, "kd")
               if t.state == TrialState.COMPLETE}
     driver.send_signal(signal.SIGKILL)
@@ -142,28 +132,14 @@ def test_killing_the_driver_then_rerunning_keeps_finished_trials(tiny_data, tmp_
 
 @pytest.fixture
 def ray_cluster():
-    """A head node and a second node process on loopback (`ray start`), with a token that
-    lives only in the env of the processes that talk to it (Ray caches one per process)."""
-    port = 6379 + os.getpid() % 1000
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex,
-           "RAY_USAGE_STATS_ENABLED": "0"}
-    head = subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=1",
-                           "--include-dashboard=false", "--disable-usage-stats"],
-                          capture_output=True, text=True, timeout=180, env=env)
-    assert head.returncode == 0, head.stderr
-    try:
-        node = subprocess.run([RAY, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1"],
-                              capture_output=True, text=True, timeout=180, env=env)
-        assert node.returncode == 0, node.stderr
-        yield f"127.0.0.1:{port}", env
-    finally:
-        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120, env=env)
+    """A head node and a second node process on loopback."""
+    with ray_head("--include-dashboard=false", nodes=2) as cluster:
+        yield cluster
 
 
 def test_a_killed_ray_worker_on_a_two_node_cluster_is_retried(tiny_data, tmp_path,
                                                                 ray_cluster):
-    url = os.environ.get("PATCHNAS_TEST_POSTGRES")
-    need(bool(url), "set PATCHNAS_TEST_POSTGRES to a PostgreSQL URL (.ci/run starts one)")
+    url = postgres_url()
     address, env = ray_cluster
     name = f"rk{uuid.uuid4().hex[:8]}"
     ws = tmp_path / "ws"
@@ -172,7 +148,7 @@ def test_a_killed_ray_worker_on_a_two_node_cluster_is_retried(tiny_data, tmp_pat
                                             "--storage", url])
     driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               text=True, env=env)
-    _wait(lambda: bool(_ray_trial_pids()), 240, "a running Ray trial")
+    wait_for(lambda: bool(_ray_trial_pids()), 240, "a running Ray trial")
     time.sleep(3)  # into its epochs
     victim = _ray_trial_pids()[0]
     os.kill(victim, signal.SIGKILL)
@@ -180,12 +156,12 @@ def test_a_killed_ray_worker_on_a_two_node_cluster_is_retried(tiny_data, tmp_pat
     assert driver.returncode == 0, err
     trials = optuna.load_study(study_name=name, storage=url).trials
     _finished_once(trials, 4)
-    assert max(t.user_attrs.get("ray_attempt", 0) for t in trials) >= 2  # retried by Ray
+    assert max(TrialRecord.from_trial(t).ray_attempt for t in trials) >= 2  # Ray retried
 
 
 def test_several_nodes_need_shared_storage(tiny_data, tmp_path, ray_cluster):
     address, env = ray_cluster
-    out = subprocess.run([sys.executable, "-m", "search.cli", "search", "run", "--name",
+    out = subprocess.run([sys.executable, "-m", "search", "search", "run", "--name",
                           "refused", "--family", "convmixer", "--set", *SETS, "--trials", "2",
                           "--epochs", "1", "--val-size", "40", "--device", "cpu", "--data",
                           str(tiny_data), "--workspace", str(tmp_path / "ws"), "--backend",

@@ -11,7 +11,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from tests.conftest import CIFAR_ARCHIVE
+from tests.helpers import CIFAR_ARCHIVE, pids_where, wait_for
 
 PATCHNAS = str(Path(sys.executable).with_name("patchnas"))
 SPACE = ["--family", "convmixer", "--set", "h=64..96", "d=2..3", "p=4", "k=3,5"]
@@ -27,28 +27,9 @@ def trials(workspace, name):
     return study.get_trials(deepcopy=False)
 
 
-def wait_for(predicate, timeout):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            if predicate():
-                return True
-        except KeyError:  # the study is not created yet
-            pass
-        time.sleep(0.5)
-    return False
-
-
 def worker_pids(name):
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            cmd = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"worker" in cmd and name.encode() in cmd and b"search.cli" in cmd:
-            pids.append(int(proc.name))
-    return pids
+    return pids_where(lambda argv: b"worker" in argv and name.encode() in argv
+                      and b"search" in argv)
 
 
 def test_issue_check_two_workers_on_real_data(cifar, tmp_path):
@@ -86,7 +67,7 @@ def _start_long_study(workspace, name):
            "cpu", "--pruner", "none", "--data", str(CIFAR_ARCHIVE)]
     run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            env=env_for(workspace))
-    assert wait_for(lambda: _started(workspace, name), 120)
+    assert wait_for(lambda: _started(workspace, name), 120, ignore=(KeyError,))
     return cmd, run
 
 

@@ -1,13 +1,13 @@
 """Trial attributes written together: the same result as Optuna's own writer, on each storage."""
 
-import os
 import uuid
 
 import optuna
 import pytest
 
-from search.storage import open_storage, set_user_attrs
-from tests.conftest import need
+from search.study.record import set_user_attrs
+from search.study.storage import open_storage
+from tests.helpers import postgres_url
 
 VALUES = {"a": 2, "nested": {"curve": [{"epoch": 1, "val_acc": 0.5}], "label": "h64 d2"},
           "none": None, "text": "pruned at epoch 1"}
@@ -18,8 +18,7 @@ def _storage(kind: str, tmp_path):
         return optuna.storages.InMemoryStorage()
     if kind == "sqlite":
         return open_storage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat=False)
-    url = os.environ.get("PATCHNAS_TEST_POSTGRES")
-    need(bool(url), "set PATCHNAS_TEST_POSTGRES to a PostgreSQL URL (.ci/run starts one)")
+    url = postgres_url()
     return open_storage(url, heartbeat=False)
 
 

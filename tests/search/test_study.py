@@ -3,11 +3,12 @@
 import optuna
 import pytest
 
-from search.runner import build_spec
-from search.storage import open_storage, redact
-from search.study import BUDGET_ATTR, create_or_resume, load_spec, load_study
+from search.study.record import trial_budget
+from search.study.spec import build_spec
+from search.study.storage import open_storage, redact
+from search.study.studies import create_or_resume, load_spec, load_study
 from spaces.errors import UserError
-from tests.search.conftest import TINY
+from tests.helpers import TINY
 
 
 def spec(name="s", **changes):
@@ -21,7 +22,7 @@ def test_spec_round_trips_through_the_storage(tmp_path):
     again = load_spec(load_study("s", url))
     assert again == s
     assert again.sampler == "nsga2" and again.pruner == "moasha"  # several objectives
-    assert study.user_attrs[BUDGET_ATTR] == 5
+    assert trial_budget(study) == 5
     assert study.directions == [optuna.study.StudyDirection.MAXIMIZE,
                                 optuna.study.StudyDirection.MINIMIZE]
 
@@ -37,7 +38,7 @@ def test_resume_with_another_space_is_refused_and_nothing_changes(tmp_path):
     other = spec(overrides={"h": "16..64:16", "d": "1..2", "p": "4", "k": "3"})
     with pytest.raises(UserError, match="exists with a different space"):
         create_or_resume(other, url, 9)
-    assert load_study("s", url).user_attrs[BUDGET_ATTR] == 5
+    assert trial_budget(load_study("s", url)) == 5
     with pytest.raises(UserError, match="different epochs"):
         create_or_resume(spec(epochs=3), url, 5)
 
@@ -48,9 +49,9 @@ def test_resume_grows_the_budget_and_warns_about_other_data(tmp_path):
     warnings = []
     from dataclasses import replace
     study = create_or_resume(replace(spec(), data_hash="other"), url, 8, log=warnings.append)
-    assert study.user_attrs[BUDGET_ATTR] == 8
+    assert trial_budget(study) == 8
     assert any("other data" in w for w in warnings)
-    assert create_or_resume(spec(), url, None).user_attrs[BUDGET_ATTR] == 8
+    assert trial_budget(create_or_resume(spec(), url, None)) == 8
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -117,7 +118,8 @@ def test_seed_presets_enqueue_the_paper_models_that_lie_in_the_space(tmp_path):
 def test_device_flags_are_checked_before_anything_runs():
     import torch
 
-    from search.runner import RunOptions, worker_slots
+    from search.backends.base import RunOptions
+    from search.backends.local import worker_slots
 
     if torch.cuda.is_available():
         pytest.skip("the refusals below are about a machine without CUDA")

@@ -6,12 +6,13 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.results import front_trials, pareto, state_of, status
-from search.runner import build_spec
-from search.study import create_or_resume, load_spec, load_study
-from search.train import load_splits
-from search.worker import run_worker
-from tests.search.conftest import TINY
+from search.backends.worker import run_worker
+from search.study.record import TrialRecord
+from search.study.results import front_trials, pareto, state_of, status
+from search.study.spec import build_spec
+from search.study.studies import create_or_resume, load_spec, load_study
+from search.study.workspace import load_splits
+from tests.helpers import TINY
 
 
 def make_study(tmp_path, data, n, name="w", **changes):
@@ -28,11 +29,13 @@ def test_worker_runs_exactly_the_budget_and_records_curves(tmp_path, tiny_data):
     study = load_study("w", url)
     trials = study.get_trials()
     assert len(trials) == 5 and all(t.state == TrialState.COMPLETE for t in trials)
-    for t in trials:
-        if state_of(t) == "COMPLETE":
-            assert [c["epoch"] for c in t.user_attrs["curve"]] == [1, 2]
-            assert t.values[1] == t.user_attrs["costs"]["params"]
-            assert 0 <= t.values[0] <= 1
+    trained = [t for t in trials if state_of(t) == "COMPLETE"]
+    assert trained and all(state_of(t) in ("COMPLETE", "REUSED") for t in trials)
+    for t in trained:
+        r = TrialRecord.from_trial(t)
+        assert [c["epoch"] for c in r.curve] == [1, 2]
+        assert t.values[1] == r.costs["params"]
+        assert 0 <= t.values[0] <= 1
     front = pareto(study)
     assert front and all(m["fidelity"]["epochs"] == 2 for m in front)
     assert status(study).counts["RUNNING"] == 0
@@ -104,6 +107,12 @@ def test_moasha_prunes_with_two_objectives_and_keeps_partial_metrics(tmp_path, t
 @pytest.mark.parametrize("sampler", ["tpe", "gp"])
 def test_single_objective_studies_use_optuna_pruners(tmp_path, tiny_data, sampler):
     url, ws = make_study(tmp_path, tiny_data, 3, objectives="val_acc:max", sampler=sampler)
+    assert load_spec(load_study("w", url)).pruner == "hyperband"  # the one-objective default
     assert run_worker("w", url, device="cpu", workspace=ws) == 3
     study = load_study("w", url)
-    assert study.best_trial.value is not None
+    trained = [t for t in study.trials if state_of(t) in ("COMPLETE", "PRUNED")]
+    assert trained
+    for t in trained:  # each epoch was reported to Optuna's pruner, which decided on it
+        curve = TrialRecord.from_trial(t).curve
+        assert t.intermediate_values == {c["epoch"]: c["val_acc"] for c in curve}
+    assert study.best_trial.value == max(t.value for t in trained if t.value is not None)

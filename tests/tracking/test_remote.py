@@ -7,11 +7,10 @@ import sys
 import pytest
 from mlflow import MlflowClient
 
+from search.backends.worker import open_runs
 from search.cli import main
-from search.worker import open_runs
 from spaces.errors import UserError
-from tests.conftest import need
-from tests.tracking.test_ui import free_port, wait_http
+from tests.helpers import free_port, need, wait_http
 
 
 def test_a_joining_worker_with_a_local_tracking_uri_is_refused():

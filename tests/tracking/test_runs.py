@@ -8,8 +8,8 @@ import sys
 from mlflow import MlflowClient
 
 from search.cli import main
-from tests.tracking.layout import check_study_runs
-from tracking.runs import default_uri
+from search.study.workspace import default_tracking_uri as default_uri
+from tests.helpers import check_study_runs
 
 
 def test_one_parent_and_a_child_per_trial_with_curves_and_pareto_tags(tmp_path, tiny_data,
@@ -45,10 +45,11 @@ code = main(["search", "run", "--name", "quiet", "--family", "convmixer", "--set
              "--no-tracking"])
 assert code == 0, code
 # and a worker in this very process, on the grown study, without tracking
-from search.study import BUDGET_ATTR, load_study
-from search.worker import run_worker
+from search.study.record import set_trial_budget
+from search.study.studies import load_study
+from search.backends.worker import run_worker
 url = "sqlite:///{ws.resolve()}/optuna.db"
-load_study("quiet", url).set_user_attr(BUDGET_ATTR, 3)
+set_trial_budget(load_study("quiet", url), 3)
 assert run_worker("quiet", url, device="cpu", workspace={str(ws)!r}, tracking_uri=None) == 1
 assert "mlflow" not in sys.modules
 """

@@ -3,42 +3,22 @@
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 from mlflow import MlflowClient
 
 from search.cli import main
-from tests.conftest import need
-from tracking.runs import default_uri
+from search.study.workspace import default_tracking_uri as default_uri
+from tests.helpers import free_port, need, wait_http
 
 PATCHNAS = str(Path(sys.executable).with_name("patchnas"))
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--hide-scrollbars",
                   "--window-size=1600,1000", "--virtual-time-budget=20000"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return True
-        except OSError:
-            time.sleep(0.5)
-    return False
 
 
 def test_ui_shows_the_study_runs_in_chromium(tmp_path, tiny_data, capsys, monkeypatch):

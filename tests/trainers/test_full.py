@@ -17,8 +17,11 @@ import yaml
 
 from search.cli import main
 from spaces.convmixer import ConvMixerConfig
+from tests.trainers.test_proxy import lrs_of_each_update
+from trainers.full import FullOptions, FullTrainer, join_processes
 from trainers.full_config import FullConfig
 from trainers.recipes import published
+from trainers.schedule import lr_at
 
 
 def write_config(path: Path, **recipe) -> Path:
@@ -49,8 +52,20 @@ def test_runs_evaluates_and_checkpoints(tmp_path, imagenette_small, capsys):
     assert all(torch.equal(weights[k], state["model"][k]) for k in weights)
 
 
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+def test_every_update_uses_exactly_the_schedules_rate(tmp_path, imagenette_small, schedule):
+    config = FullConfig.load(write_config(tmp_path / "c.yaml", schedule=schedule, warmup=0.2,
+                                          min_lr=1e-5))
+    options = FullOptions(imagenette_small, tmp_path / "run", max_steps=6, device="cpu",
+                          workers=0, progress=False)
+    trainer = FullTrainer(config, options, join_processes("cpu"))
+    lrs = lrs_of_each_update(lambda: trainer.fit(log=lambda *_: None))
+    r = config.recipe  # --max-steps ends the schedule: it spans 6 steps
+    assert lrs == [[lr_at(schedule, r.lr_for(8), s, 6, 0.2, 1e-5)] * 2 for s in range(6)]
+
+
 def _run_cli(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "search.cli", "train", "full", *args,
+    return subprocess.Popen([sys.executable, "-m", "search", "train", "full", *args,
                              "--device", "cpu", "--no-tracking", "--no-progress"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -88,7 +103,7 @@ def test_a_run_killed_mid_epoch_resumes_to_identical_weights(tmp_path, imagenett
 
 def test_torchrun_two_processes_on_the_cpu(tmp_path, imagenette_small):
     config = write_config(tmp_path / "c.yaml")
-    out = subprocess.run([sys.executable, "-m", "search.cli", "train", "full", str(config),
+    out = subprocess.run([sys.executable, "-m", "search", "train", "full", str(config),
                           "--data", str(imagenette_small), "--nproc-per-node", "2", "--device",
                           "cpu", "--max-steps", "3", "--out", str(tmp_path / "ddp"),
                           "--no-tracking", "--no-progress", "--workers", "0", "--json"],

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import spaces
 from spaces.convmixer import ConvMixerConfig
@@ -117,6 +118,58 @@ def test_checkpoint_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_pa
     result = ProxyTrainer(recipe, device="cpu").fit(resumed, tiny_splits(), seed=5,
                                                     checkpoint=ckpt)
     assert result.status == "completed" and result.epochs == 3 and len(result.history) == 3
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(),
+                            strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def lrs_of_each_update(run) -> list[list[float]]:
+    """The learning rate of each param group at every optimizer step that `run()` takes."""
+    seen = []
+    hook = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: seen.append([g["lr"] for g in opt.param_groups]))
+    try:
+        run()
+    finally:
+        hook.remove()
+    return seen
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+def test_every_update_uses_exactly_the_schedules_rate(schedule, tmp_path):
+    """The scheduler gives update s the rate lr_at gives (as setting it by hand did), also
+    after a resume from a checkpoint."""
+    recipe = Recipe(epochs=3, batch_size=32, lr=0.01, schedule=schedule, warmup=0.2)
+    total = 3 * 4  # 128 training images in batches of 32
+    expected = [[learning_rate(recipe, s, total)] * 2 for s in range(total)]
+
+    def fit(**kwargs):
+        return ProxyTrainer(recipe, device="cpu").fit(small_model(), tiny_splits(), **kwargs)
+
+    ckpt = tmp_path / "trial.pt"
+    first = lrs_of_each_update(lambda: fit(checkpoint=ckpt, report=lambda e, m: "stop"))
+    assert first + lrs_of_each_update(lambda: fit(checkpoint=ckpt)) == expected
+
+
+def test_a_checkpoint_in_the_older_layout_resumes_exactly(tmp_path):
+    """Checkpoints written before the RNG states were one entry ("cpu_rng", "cuda_rng") and
+    before the scheduler set the rate (no "initial_lr" in the optimizer's groups)."""
+    recipe = Recipe(epochs=2, batch_size=32, lr=0.01, cutout=4)
+    straight = small_model()
+    ProxyTrainer(recipe, device="cpu").fit(straight, tiny_splits(), seed=3)
+    ckpt = tmp_path / "trial.pt"
+    ProxyTrainer(recipe, device="cpu").fit(small_model(), tiny_splits(), seed=3,
+                                          checkpoint=ckpt, report=lambda e, m: "stop")
+    state = torch.load(ckpt, weights_only=True)
+    rng = state.pop("rng")
+    state["cpu_rng"], state["cuda_rng"] = rng["cpu"], rng["cuda"]
+    for group in state["optimizer"]["param_groups"]:
+        del group["initial_lr"]
+    torch.save(state, ckpt)
+    resumed = small_model()
+    result = ProxyTrainer(recipe, device="cpu").fit(resumed, tiny_splits(), seed=3,
+                                                    checkpoint=ckpt)
+    assert result.status == "completed" and result.epochs == 2
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(),
                             strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)

@@ -1,0 +1,160 @@
+"""What a person watches while a study runs: one progress line when it changes, and what
+they review in MLflow, refreshed from the study: the parent run's metrics and front tables,
+and each child run's Pareto tags (and status, when its worker died). Both backends call
+`Progress.tick` from their loop."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from search.study.record import TrialRecord
+from search.study.results import hypervolume, pareto, ranked_trials, state_of, status
+from search.study.studies import load_spec
+
+REVIEW_SECONDS = 10.0  # MLflow refreshes read the whole study: not every second
+
+
+class Progress:
+    """The progress/review loop of a running study (`runs`: a tracking.runs.StudyRuns, or
+    None without tracking; `log`: None for no progress lines)."""
+
+    def __init__(self, study: optuna.Study, runs: Any, log=None):
+        self.study, self.runs, self.log = study, runs, log
+        self.line: str | None = None
+        self.reviewed = time.monotonic()
+
+    def tick(self) -> None:
+        if self.runs is not None and time.monotonic() - self.reviewed > REVIEW_SECONDS:
+            refresh(self.study, self.runs)  # Pareto tags and parent metrics follow the front
+            self.reviewed = time.monotonic()
+        if self.log is not None:
+            line = progress_line(self.study)
+            if line != self.line:
+                self.log(line)
+            self.line = line
+
+    def finish(self, run_status: str) -> None:
+        if self.log is not None:
+            self.line = None
+            self.tick()
+        if self.runs is not None:
+            refresh(self.study, self.runs)
+            self.runs.end_study(run_status)
+
+
+def progress_line(study: optuna.Study) -> str:
+    s = status(study)
+    c = s.counts
+    return (f"done {c['COMPLETE'] + c['REUSED']}/{s.budget}  running {c['RUNNING']}  "
+            f"pruned {c['PRUNED']}  failed {c['FAIL']}  infeasible {c['INFEASIBLE']}  "
+            f"front {s.front_size}  hypervolume {s.hypervolume:.4f}")
+
+
+def refresh(study: optuna.Study, runs: Any) -> None:
+    """`runs` is a tracking.runs.StudyRuns."""
+    spec = load_spec(study)
+    ranked = ranked_trials(study, spec)  # one snapshot: trials finish while we look
+    ranks = {t.number: rank for t, rank in ranked}
+    records = [(t, TrialRecord.from_trial(t)) for t in study.get_trials(deepcopy=False)]
+    trials = [{"run_id": r.mlflow_run_id, "state": state_of(t),
+               "pareto": ranks.get(t.number) == 0, "pareto_rank": ranks.get(t.number),
+               "finished": t.state.is_finished()}
+              for t, r in records if r.mlflow_run_id is not None]
+    s = status(study)
+    front = pareto(study)
+    metrics = {"trials_complete": s.counts["COMPLETE"] + s.counts["REUSED"],
+               "front_size": s.front_size, "hypervolume": s.hypervolume}
+    runs.review(metrics, {"front.csv": front_csv(front), "front.md": front_markdown(front),
+                          **pictures(study, spec, ranked)}, trials)
+
+
+def pictures(study: optuna.Study, spec, ranked) -> dict[str, str | bytes]:
+    from tracking import plots
+
+    points = [{"trial": t.number, "label": TrialRecord.from_trial(t).label or "",
+               "values": {o.metric: v for o, v in zip(spec.objectives, t.values, strict=True)},
+               "pareto": rank == 0}
+              for t, rank in ranked]
+    title = f"{study.study_name}: {len(points)} trained, {sum(p['pareto'] for p in points)} " \
+            f"on the front"
+    by_trials, by_seconds = hypervolume_curves(study, spec, ranked)
+    devices = {(TrialRecord.from_trial(t).device or "cpu").split(":")[0] for t in study.trials}
+    out: dict[str, str | bytes] = {
+        "pareto.png": plots.pareto_png(points, title),
+        "pareto.html": plots.pareto_html(points, title),
+        "hypervolume.png": plots.hypervolume_png(by_trials, by_seconds,
+                                                 "gpu" if "cuda" in devices else "cpu"),
+    }
+    importances = param_importances(study)
+    if importances:
+        out["importances.png"] = plots.importances_png(importances)
+        out["importances.json"] = json.dumps(importances, indent=2)
+    return out
+
+
+def hypervolume_curves(study: optuna.Study, spec, ranked):
+    """Hypervolume after each finished trial, against trials and against training time."""
+    finished = sorted((t for t in study.get_trials(deepcopy=False) if t.state.is_finished()),
+                      key=lambda t: t.datetime_complete)
+    trained = {t.number for t, _ in ranked}
+    seen, seconds, by_trials, by_seconds = [], 0.0, [], []
+    for i, t in enumerate(finished, 1):
+        seconds += TrialRecord.from_trial(t).seconds or 0.0
+        if t.number in trained:
+            seen.append(t)
+        hv = hypervolume(study, spec, seen) if seen else 0.0
+        by_trials.append((i, hv))
+        by_seconds.append((seconds, hv))
+    return by_trials, by_seconds
+
+
+def param_importances(study: optuna.Study) -> dict[str, float]:
+    """fANOVA importances of the searched parameters for val_acc (the first objective)."""
+    trained = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+               if state_of(t) == "COMPLETE"]
+    if len(trained) < 4 or not any(len(t.params) > 0 for t in trained):
+        return {}
+    # only trained trials: infeasible and reused ones would weigh in with made-up accuracies
+    trained_only = optuna.create_study(directions=study.directions)
+    trained_only.add_trials(trained)
+    try:
+        return {k: float(v) for k, v in optuna.importance.get_param_importances(
+            trained_only, target=lambda t: t.values[0],
+            evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)).items()}
+    except (RuntimeError, ValueError):  # e.g. too few distinct values yet
+        return {}
+
+
+def _rows(front: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    metrics = list(front[0]["values"]) if front else []
+    header = ["trial", "label", *metrics, "macs_224", "epochs"]
+    rows = [[m["trial"], m["label"], *(m["values"][k] for k in metrics),
+             (m["costs"] or {}).get("macs_224"), m["fidelity"]["epochs"]] for m in front]
+    return header, rows
+
+
+def front_csv(front: list[dict[str, Any]]) -> str:
+    header, rows = _rows(front)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def front_markdown(front: list[dict[str, Any]]) -> str:
+    header, rows = _rows(front)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) and v < 10 else str(v)

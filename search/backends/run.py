@@ -1,0 +1,65 @@
+"""`patchnas search run`: create or resume a study, run it on the chosen backend with one
+progress/review loop, and return its Pareto front.
+
+The driver creates the databases and decodes the data once, before any worker starts; every
+check that can refuse the command runs before the study is created or changed.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from typing import Any
+
+from search.backends import get_backend
+from search.backends.base import RunOptions, SearchJob
+from search.backends.review import Progress
+from search.study import record
+from search.study.results import pareto, status
+from search.study.settings import TRACKING_OFF, storage_url, tracking_uri
+from search.study.spec import StudySpec, build_spec
+from search.study.storage import redact
+from search.study.studies import create_or_resume, find_spec
+from search.study.workspace import load_splits, resolve_data, workspace_dir
+
+
+def run_search(name: str, given: dict[str, Any], options: RunOptions, log=None) -> dict:
+    """Create or resume study `name`, run its workers to the end, return its front."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    workspace = workspace_dir(options.workspace)
+    url = storage_url(options.storage, workspace)
+    stored = find_spec(name, url)  # also creates the database, before any worker starts
+    data = str(resolve_data(options.data or (stored.data if stored else None), workspace,
+                            download=False).resolve())
+    spec = build_spec(name, given, stored, data)
+    splits = load_splits(data, workspace, val_size=spec.val_size, subset=spec.subset,
+                         seed=spec.seed)  # decodes into the cache once, for every worker
+    spec = replace(spec, data_hash=splits.content_hash)
+    backend = get_backend(options.backend)
+    where = backend.check(options)  # a bad device flag is refused before anything is stored
+    study = create_or_resume(spec, url, options.trials, seed_presets=options.seed_presets,
+                             log=log)
+    runs, uri = _start_tracking(spec, workspace, options)
+    log(f"study {name}: {record.trial_budget(study)} trials, {where}; storage {redact(url)}"
+        + (f"; MLflow {redact(uri.split('?')[0])}" if runs else ""))
+    options.env.update(PATCHNAS_TRACKING_URI=uri or TRACKING_OFF, PATCHNAS_SPAWNED="1")
+    progress = Progress(study, runs, log if options.progress else None)
+    code = backend.run(SearchJob(spec, study, url, workspace, data, options, log,
+                                 progress.tick, uri))
+    progress.finish("KILLED" if code == 130 else "FINISHED")
+    if code == 130:
+        raise KeyboardInterrupt
+    return {"status": status(study).as_dict(), "front": pareto(study)}
+
+
+def _start_tracking(spec: StudySpec, workspace, options: RunOptions):
+    """The study's MLflow runs (created here, before any worker starts), and their URI."""
+    uri = tracking_uri(options.tracking_uri, workspace, off=not options.tracking)
+    if uri is None:
+        return None, None
+    from tracking.runs import StudyRuns
+
+    runs = StudyRuns(uri, spec.name)
+    params = {k: v for k, v in spec.to_dict().items() if k not in ("name", "data")}
+    runs.start_study(params, {"study": spec.name, "data": spec.data})
+    return runs, uri

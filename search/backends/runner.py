@@ -1,0 +1,250 @@
+"""The trial runner: what one trial does, whichever backend scheduled it. A trial's life:
+
+    ask -> suggest a config -> costs of the target model (no GPU time) -> over a constraint?
+    -> INFEASIBLE (told COMPLETE with its constraint violations, never trained)
+    -> the same architecture already trained at this fidelity? -> REUSED (its result)
+    -> proxy training, asking the pruner after each epoch -> COMPLETE / PRUNED / FAIL (reason)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.trial import TrialState
+
+from search.backends.pruners import Pruner, make_pruner
+from search.study import record
+from search.study.record import TrialRecord, original_number
+from search.study.results import holds_budget_slot
+from search.study.space import arch_hash
+from search.study.spec import StudySpec, provenance
+from spaces.cost import measure_latency, target_and_proxy_costs
+from trainers.proxy import DeviceData, ProxyTrainer
+
+
+class TrialFailed(Exception):
+    """The trial ran and failed for a reason of its own (diverged, out of memory, error)."""
+
+
+class SurplusTrial(Exception):
+    """The trial was asked after the budget was already taken by other workers' trials."""
+
+
+def trial_seed(study_seed: int, number: int) -> int:
+    return (study_seed * 1_000_003 + number) % (2**31 - 1)
+
+
+def queue_again(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+    """Mark a trial that will not finish here FAIL with `reason`, and queue its parameters
+    again (the retry keeps the original's number for its seed)."""
+    record.write(trial, state="FAIL", reason=reason)
+    record.enqueue(study, trial.params, retry_of=original_number(trial))
+
+
+class TrialRunner:
+    """The objective function of one worker (its data and trainer are reused across trials)."""
+
+    def __init__(self, study: optuna.Study, spec: StudySpec, data: DeviceData,
+                 trainer: ProxyTrainer, workspace: Path, log=print, runs=None,
+                 on_epoch=None, pruner: Pruner | None = None):
+        self.study, self.spec, self.data, self.trainer = study, spec, data, trainer
+        # on_epoch(epoch, metrics, checkpoint): after each epoch's report (the Ray backend
+        # passes each epoch's checkpoint to Ray Tune)
+        self.on_epoch = on_epoch
+        self.runs = runs  # tracking.runs.StudyRuns, or None without tracking
+        self.parent_run = runs.parent() if runs is not None else None
+        self.child: str | None = None
+        self.run_tags = _provenance_tags() if runs is not None else {}
+        self.checkpoints = workspace / "checkpoints" / spec.name
+        self.log = log
+        self.pruner = pruner if pruner is not None else make_pruner(spec)
+        self.metrics = {o.metric for o in spec.objectives}
+        self.cost_cache: dict[str, dict[str, float]] = {}
+        self.budget: int | None = None  # the study's trial budget, as run_trials last read it
+        self.constrained = any(v is not None for v in (spec.max_params, spec.max_macs,
+                                                       spec.max_latency_ms))
+
+    def __call__(self, trial: optuna.Trial) -> list[float]:
+        self.child = None
+        try:
+            return self._run(trial)
+        except (optuna.TrialPruned, TrialFailed, SurplusTrial):
+            raise
+        except Exception as err:  # a crash fails this trial, with its reason; the study goes on
+            message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            record.write(trial, state="FAIL", counted=True,
+                         reason=f"error: {type(err).__name__}: {message}"[:500])
+            self.log(f"trial {trial.number} failed: {type(err).__name__}: {message}")
+            raise TrialFailed(type(err).__name__) from err
+        except KeyboardInterrupt:
+            queue_again(self.study, trial, "interrupted")
+            raise
+        finally:
+            if self.child is not None:
+                self._end_child(trial)
+
+    def _run(self, trial: optuna.Trial) -> list[float]:
+        spec = self.spec
+        family, proxy = spec.space.suggest(trial)
+        digest = arch_hash(family, proxy)
+        identity = TrialRecord.attrs(
+            family=family.name, config=asdict(proxy), label=family.label(proxy),
+            arch_hash=digest, fidelity=spec.epochs,
+            seed=trial_seed(spec.seed, original_number(trial)), device=str(self.trainer.device))
+        trials = self.study.get_trials(deepcopy=False)  # one read serves both checks
+        self._check_surplus(trial, identity, trials)
+        costs = self._costs(family, proxy, digest)
+        found = dict(identity)
+        if "latency_ms" in self.metrics or spec.max_latency_ms is not None:
+            target = family.build(family.to_target(proxy, spec.target_size),
+                                  spec.target_classes, spec.target_size)
+            latency = measure_latency(target, spec.target_size, device=self.trainer.device)
+            costs["latency_ms"] = latency.median_ms
+            found["latency"] = latency.as_dict()
+            del target
+        record.write(trial, **found, costs=costs)
+        if self.runs is not None:
+            self._start_child(trial, family, proxy, digest)
+        if self._infeasible(trial, costs):
+            record.write(trial, state="INFEASIBLE")
+            return self._values(0.0, costs)
+        prior = self._prior(digest, trial.number, trials)
+        if prior is not None:
+            return self._reuse(trial, prior)
+        return self._train(trial, family, proxy, costs, digest)
+
+    # --- tracking -------------------------------------------------------------------------
+    def _start_child(self, trial, family, proxy, digest: str) -> None:
+        spec = self.spec
+        params = {"family": family.name, "arch": asdict(proxy), "target_size": spec.target_size,
+                  "target_classes": spec.target_classes, "epochs": spec.epochs,
+                  "subset": spec.subset, "val_size": spec.val_size,
+                  "seed": trial_seed(spec.seed, original_number(trial)),
+                  "recipe": asdict(spec.recipe_obj)}
+        tags = {"study": spec.name, "trial": str(trial.number), "arch_hash": digest,
+                "device": str(self.trainer.device), "state": "RUNNING", **self.run_tags}
+        known = TrialRecord.from_trial(trial).mlflow_run_id
+        if known is not None:  # a retried trial continues its run
+            self.child = self.runs.resume_run(known)
+            if self.child is not None:
+                return
+        self.child = self.runs.start_trial(f"t{trial.number:04d} {family.label(proxy)}",
+                                           trial.number, params, tags, self.parent_run)
+        record.write(trial, mlflow_run_id=self.child)
+
+    def _end_child(self, trial) -> None:
+        r = TrialRecord.from_trial(trial)
+        metrics = dict(r.costs or {})  # val_acc: the last point of its history
+        if r.seconds is not None:
+            metrics["seconds"] = r.seconds
+        if r.epochs_run is not None:
+            metrics["epochs_run"] = r.epochs_run
+        config = {"family": r.family, "proxy_config": r.config, "costs": r.costs}
+        self.runs.end_trial(self.child, r.state or "FAIL", r.reason, metrics, {},
+                            {"config.yaml": yaml.safe_dump(config)})
+
+    # --- the steps ----------------------------------------------------------------------
+    def _costs(self, family, proxy, digest: str) -> dict[str, float]:
+        if digest not in self.cost_cache:  # counting MACs runs the model on the meta device
+            self.cost_cache[digest] = target_and_proxy_costs(
+                family, proxy, self.spec.target_size, self.spec.target_classes)
+        return dict(self.cost_cache[digest])
+
+    def _check_surplus(self, trial: optuna.Trial, identity: dict, trials) -> None:
+        n = self.budget if self.budget is not None else math.inf
+        alive = sorted(t.number for t in trials if holds_budget_slot(t))
+        if alive.index(trial.number) >= n:
+            record.write(trial, **identity, state="FAIL",
+                         reason="surplus: the budget was taken by other workers")
+            raise SurplusTrial()
+
+    def _infeasible(self, trial: optuna.Trial, costs: dict[str, float]) -> bool:
+        if not self.constrained:
+            return False
+        limits = {"params": self.spec.max_params, "macs": self.spec.max_macs,
+                  "latency_ms": self.spec.max_latency_ms}
+        violated = False
+        for metric, limit in limits.items():
+            if limit is None:
+                continue
+            violation = (costs[metric] - limit) / limit  # <= 0 is feasible
+            trial.set_constraint(metric, violation)
+            violated |= violation > 0
+        return violated
+
+    def _prior(self, digest: str, number: int, trials) -> optuna.trial.FrozenTrial | None:
+        """An earlier trial that trained this architecture to the same fidelity."""
+        for t in trials:
+            if t.state not in (TrialState.COMPLETE, TrialState.PRUNED) or t.number == number:
+                continue
+            r = TrialRecord.from_trial(t)
+            if (r.arch_hash == digest and r.fidelity == self.spec.epochs
+                    and r.state in ("COMPLETE", "PRUNED")):
+                return t
+        return None
+
+    def _reuse(self, trial, prior):
+        pruned = prior.state == TrialState.PRUNED
+        curve = TrialRecord.from_trial(prior).curve
+        record.write(trial, reused_from=prior.number, curve=curve, state="REUSED",
+                     reason=f"reused trial {prior.number}" + (", which was pruned" if pruned
+                                                               else ""))
+        if self.child is not None:  # the reused trial's curve, as if trained here
+            self.runs.log_epochs(self.child, curve)
+        if pruned:
+            raise optuna.TrialPruned()
+        return list(prior.values)
+
+    def _train(self, trial, family, proxy, costs, digest):
+        spec, data = self.spec, self.data
+        seed = TrialRecord.from_trial(trial).seed
+        config = family.to_target(proxy, data.image_size)  # the proxy itself on 32 px data
+
+        def build():  # the trainer builds it on its device
+            return family.build(config, data.num_classes, data.image_size,
+                                drop_path=spec.recipe_obj.drop_path)
+        checkpoint = self.checkpoints / f"{digest}-s{seed}.pt"
+        # a resumed trial (its checkpoint survived) continues its curve
+        curve = list(TrialRecord.from_trial(trial).curve) if checkpoint.exists() else []
+
+        def report(epoch: int, metrics: dict[str, float]) -> str:
+            curve[:] = [c for c in curve if c["epoch"] < epoch]
+            curve.append({k: float(v) for k, v in metrics.items()})
+            record.write(trial, curve=curve)
+            if self.child is not None:
+                self.runs.log_epochs(self.child, curve[-1:])
+            stop = self.pruner.should_stop(self.study, trial, epoch, metrics["val_acc"], costs)
+            if self.on_epoch is not None:
+                self.on_epoch(epoch, metrics, checkpoint)
+            return "stop" if stop else "continue"
+
+        result = self.trainer.fit(build, data, report=report, seed=seed, checkpoint=checkpoint)
+        checkpoint.unlink(missing_ok=True)
+        done: dict[str, Any] = {"seconds": result.seconds, "epochs_run": result.epochs}
+        if result.peak_memory_bytes is not None:
+            done["peak_memory_bytes"] = result.peak_memory_bytes
+        if result.status == "stopped":
+            record.write(trial, **done, state="PRUNED", reason=f"pruned at epoch {result.epochs}")
+            raise optuna.TrialPruned()
+        if result.status in ("diverged", "oom"):
+            record.write(trial, **done, state="FAIL", counted=True,
+                         reason=f"{result.status}: {result.reason}")
+            raise TrialFailed(result.status)
+        record.write(trial, **done, state="COMPLETE")
+        return self._values(result.val_acc, costs)
+
+    def _values(self, val_acc: float, costs: dict[str, float]) -> list[float]:
+        return [val_acc if o.metric == "val_acc" else float(costs[o.metric])
+                for o in self.spec.objectives]
+
+
+def _provenance_tags() -> dict[str, str]:
+    p = provenance()
+    tags = {"git_commit": p["git_commit"] or "unknown", "python": p["python"]}
+    tags.update({f"version.{k}": v or "none" for k, v in p["packages"].items()})
+    return tags

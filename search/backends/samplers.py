@@ -1,0 +1,21 @@
+"""The study's sampler, one stream per worker."""
+
+from __future__ import annotations
+
+import optuna
+
+from search.backends.runner import trial_seed
+from search.study.spec import StudySpec
+
+
+def make_sampler(spec: StudySpec, worker_index: int) -> optuna.samplers.BaseSampler:
+    # each worker gets its own stream, or parallel workers would propose the same configs
+    seed = trial_seed(spec.seed, 7919 * (worker_index + 1))
+    if spec.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
+    if spec.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True,
+                                          n_startup_trials=8)
+    if spec.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=8)
+    return optuna.samplers.RandomSampler(seed=seed)

@@ -1,0 +1,124 @@
+"""A worker: takes trials of a stored study one at a time until the study's budget is spent.
+
+Any number of workers, on any hosts, may join one study; the storage is the only thing they
+share; each trial is run by search.backends.runner.TrialRunner.
+
+The budget (`--trials`) counts trials that finished (COMPLETE, PRUNED, or FAIL with a reason
+of their own such as a diverged loss): search.study.results.budget. A trial lost with its
+worker (heartbeat stale) or interrupted is failed and queued again, so it is retried rather
+than counted.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import optuna
+
+from search.backends.pruners import make_pruner, optuna_pruner
+from search.backends.runner import SurplusTrial, TrialFailed, TrialRunner
+from search.backends.samplers import make_sampler
+from search.study.results import budget
+from search.study.spec import StudySpec
+from search.study.studies import load_spec, load_study
+from search.study.workspace import load_splits, workspace_dir
+from spaces.errors import UserError
+
+WAIT_SECONDS = 2.0
+
+
+def run_worker(name: str, storage_url: str, *, device: str | None = None,
+               worker_index: int = 0, workspace: str | Path | None = None,
+               data: str | None = None, log=None, tracking_uri: str | None = None,
+               spawned: bool = False) -> int:
+    """Run trials of study `name` until its budget is spent; returns how many it ran."""
+    study, runner = make_runner(name, storage_url, device=device, worker_index=worker_index,
+                                workspace=workspace, data=data, log=log,
+                                tracking_uri=tracking_uri, spawned=spawned)
+    return run_trials(study, runner)
+
+
+def make_runner(name: str, storage_url: str, *, device: str | None = None,
+                worker_index: int = 0, workspace: str | Path | None = None,
+                data: str | None = None, log=None, tracking_uri: str | None = None,
+                spawned: bool = False, heartbeat: bool = True, external_pruner: bool = False,
+                on_epoch=None) -> tuple[optuna.Study, TrialRunner]:
+    """The study (with its sampler and pruner) and the objective that runs its trials here.
+    With `external_pruner` a one-objective study is pruned by someone else (Ray's ASHA)."""
+    from trainers.proxy import DeviceData, ProxyTrainer
+
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    spec = load_spec(load_study(name, storage_url))
+    study = load_study(name, storage_url, heartbeat=heartbeat, sampler=make_sampler(
+        spec, worker_index), pruner=optuna_pruner(spec))
+    workspace = workspace_dir(workspace)
+    splits = study_splits(spec, workspace, data)
+    trainer = ProxyTrainer(spec.recipe_obj, device=device)
+    runs = open_runs(tracking_uri, name, storage_url, spawned)
+    return study, TrialRunner(study, spec, DeviceData(splits, trainer.device), trainer,
+                              workspace, log, runs, on_epoch,
+                              make_pruner(spec, external=external_pruner))
+
+
+def study_splits(spec: StudySpec, workspace: Path, data: str | None = None):
+    """The study's train/val split, from `data` if the dataset moved (same content only)."""
+    splits = load_splits(data or spec.data, workspace, val_size=spec.val_size,
+                         subset=spec.subset, seed=spec.seed)
+    if spec.data_hash and splits.content_hash != spec.data_hash:
+        raise UserError(f"the data at {data or spec.data} differs from the study's (content "
+                        f"hash {splits.content_hash[:12]} vs {spec.data_hash[:12]}); give "
+                        f"--data the same dataset")
+    return splits
+
+
+def run_trials(study: optuna.Study, runner: TrialRunner) -> int:
+    """The worker loop: one trial at a time until the study's budget is spent."""
+    ran = 0
+    while True:
+        state = budget(study)
+        if state.done:
+            return ran
+        if state.reserved >= state.total and not state.waiting:
+            # the rest of the budget is running elsewhere; wait, and retry trials whose
+            # worker died (their heartbeats stop and they are failed and queued again)
+            time.sleep(WAIT_SECONDS)
+            optuna.storages.fail_stale_trials(study)
+            continue
+        runner.budget = state.total
+        study.optimize(runner, n_trials=1, catch=(TrialFailed, SurplusTrial),
+                       gc_after_trial=False)
+        ran += 1
+
+
+def open_runs(tracking_uri: str | None, study: str, storage_url: str, spawned: bool):
+    """The study's MLflow runs, or None when tracking is off (mlflow is then not imported)."""
+    if not tracking_uri:
+        return None
+    from tracking.runs import StudyRuns, is_local
+
+    if not spawned and is_local(tracking_uri) and not storage_url.startswith("sqlite"):
+        raise UserError(
+            f"a worker joining from another host needs an HTTP tracking URI (an MLflow server),"
+            f" not {tracking_uri.split('?')[0]}: its runs would stay on this machine; give "
+            f"--tracking-uri http://HOST:5000 or --no-tracking")
+    return StudyRuns(tracking_uri, study)
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM ends a worker like Ctrl-C: its trial is failed, queued again, nothing hangs."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def threads_from_env() -> None:
+    threads = os.environ.get("PATCHNAS_THREADS")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))

@@ -1,0 +1,59 @@
+"""The `patchnas` command. Thin: each subcommand parses flags and calls a library function.
+
+One module per command group (spaces, train, search, export/promote, ui) over `common.py`.
+With `--json`, stdout carries exactly one JSON document; progress and logs go to stderr.
+Mistakes a user can make end in one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+
+from search.cli import promote_cmd, search_cmd, spaces_cmd, train_cmd, ui_cmd
+from spaces.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+def _version() -> str:
+    try:
+        return version("patchnas")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="patchnas",
+        description="Multi-objective architecture search for ConvMixer, ConvMLP and CoAtNet.")
+    parser.add_argument("--version", action="version", version=f"patchnas {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    spaces_cmd.add_commands(commands)
+    train_cmd.add_commands(commands)
+    search_sub = search_cmd.add_commands(commands)
+    promote_cmd.add_fidelity_command(search_sub)
+    promote_cmd.add_commands(commands)
+    ui_cmd.add_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv  # `train full --nproc-per-node N` runs itself again under torchrun
+    try:
+        code = args.run(args) or 0
+    except UserError as err:
+        print(f"patchnas: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("patchnas: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `patchnas ... --json | head`: the reader left; not an error
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stays open until exit
+        return 0
+    return code

@@ -1,0 +1,101 @@
+"""What every command group shares: flags, settings resolution, JSON output.
+
+Imports nothing heavy (no torch, optuna, ray or mlflow): `patchnas --help` and the read-only
+commands must start fast; each command imports its library function when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from search.study import settings
+
+
+class _SetAction(argparse.Action):
+    """`--set h=64 d=2` and `--set h=64 --set d=2` both append to one list."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = list(getattr(namespace, self.dest) or [])
+        items.extend(values)
+        setattr(namespace, self.dest, items)
+
+
+def add_set_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set", dest="sets", nargs="+", action=_SetAction, default=[], metavar="NAME=SPEC",
+        help="set parameters in the 32 px search space's terms: NAME=VALUE fixes, "
+             "NAME=LO..HI[:STEP] a range, NAME=a,b,c choices")
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """One model: `PRESET` or `--family F`, with `--set`/`--space` single values."""
+    parser.add_argument("preset", nargs="?", help="a preset name (see `patchnas spaces list`)")
+    parser.add_argument("--family", help="a family; unset parameters take its default "
+                                         "preset's")
+    add_set_flag(parser)
+    parser.add_argument("--space", metavar="FILE", help="a YAML file of NAME: VALUE")
+
+
+def add_workspace_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workspace", metavar="DIR",
+                        help="workspace folder (default: $PATCHNAS_WORKSPACE, else "
+                             "./patchnas-workspace)")
+
+
+def add_data_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", metavar="PATH",
+                        help="dataset folder or archive (default: $PATCHNAS_DATA, else "
+                             "<workspace>/data/cifar10, downloaded there when online)")
+    parser.add_argument("--download", action="store_true",
+                        help="download CIFAR-10 to --data if it is missing (needs internet)")
+    parser.add_argument("--subset", type=int, metavar="N", help="train on N images only")
+    parser.add_argument("--val-size", type=int, default=5000,
+                        help="held-out validation images from the train set")
+    add_workspace_flag(parser)
+
+
+def add_storage_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--storage", metavar="URL",
+                        help="Optuna storage (default: $PATCHNAS_STORAGE, else "
+                             "<workspace>/optuna.db)")
+    add_workspace_flag(parser)
+
+
+def add_tracking_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tracking-uri", metavar="URI",
+                        help="MLflow tracking URI (default: $PATCHNAS_TRACKING_URI, else "
+                             "<workspace>/mlflow.db; an http:// MLflow server for workers on "
+                             "several hosts)")
+    parser.add_argument("--no-tracking", action="store_true", help="log nothing to MLflow")
+
+
+def storage_url(args: argparse.Namespace) -> str:
+    """The storage of every command that takes `--storage` (search.study.settings)."""
+    return settings.storage_url(args.storage, args.workspace)
+
+
+def tracking_uri(args: argparse.Namespace) -> str | None:
+    """--no-tracking, else --tracking-uri, else $PATCHNAS_TRACKING_URI ("off"), else the
+    workspace's MLflow database."""
+    return settings.tracking_uri(args.tracking_uri, args.workspace, off=args.no_tracking)
+
+
+def print_json(data: Any) -> int:
+    """stdout carries exactly this one JSON document."""
+    json.dump(data, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+def print_front(front: list[dict[str, Any]]) -> None:
+    print(f"Pareto front ({len(front)}):")
+    for m in front:
+        values = "  ".join(f"{k} {_fmt(v)}" for k, v in m["values"].items())
+        print(f"  #{m['trial']:<4} {values}  {m['label']}")
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4f}" if v < 10 else f"{v:,.0f}"

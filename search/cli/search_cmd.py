@@ -1,0 +1,219 @@
+"""`patchnas search run|worker|list|status|pareto` (thin: flags -> library calls)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from search.backends import BACKENDS
+from search.cli.common import (
+    add_set_flag,
+    add_storage_flags,
+    add_tracking_flags,
+    print_front,
+    print_json,
+    storage_url,
+    tracking_uri,
+)
+from search.study.settings import resolve
+from search.study.spec import PRUNERS, SAMPLERS, SPEC_SETTINGS
+from spaces.errors import UserError
+
+# the study's settings a flag or the --config file may give (search.study.spec.build_spec)
+STUDY_KEYS = ("family", "objectives", *SPEC_SETTINGS)
+# how to run it (search.backends.base.RunOptions)
+RUN_KEYS = ("trials", "timeout", "workers", "gpus", "trials_per_gpu", "device", "storage",
+            "workspace", "data", "backend", "ray_address", "ray_storage", "seed_presets",
+            "no_tracking", "tracking_uri")
+FILE_ONLY = ("name", "set", "space", "recipe")  # also in a --config file
+
+
+def add_commands(commands):
+    search = commands.add_parser("search", help="multi-objective search studies")
+    sub = search.add_subparsers(dest="search_command", required=True, metavar="SUBCOMMAND")
+
+    run = sub.add_parser("run", help="create or resume a study and run it to the end")
+    run.add_argument("--name", help="the study's name (required here or in --config)")
+    run.add_argument("--config", metavar="FILE", help="a YAML study file; flags win")
+    run.add_argument("--family", help="one family, or several comma-separated")
+    add_set_flag(run)
+    run.add_argument("--space", metavar="FILE", help="a YAML file of NAME: SPEC")
+    run.add_argument("--objectives", help="default val_acc:max,params:min; also macs:min, "
+                                          "latency_ms:min")
+    run.add_argument("--trials", type=int, help="the study's trial budget (default 10)")
+    run.add_argument("--timeout", type=float, metavar="SECONDS")
+    run.add_argument("--epochs", type=int, help="epochs per trial (the maximum fidelity)")
+    run.add_argument("--min-epochs", type=int, help="first pruning rung (default 1)")
+    run.add_argument("--eta", type=int, help="keep 1/eta at each rung (default 3)")
+    run.add_argument("--sampler", choices=SAMPLERS)
+    run.add_argument("--pruner", choices=PRUNERS)
+    run.add_argument("--max-params", type=float)
+    run.add_argument("--max-macs", type=float)
+    run.add_argument("--max-latency-ms", type=float)
+    run.add_argument("--seed", type=int)
+    run.add_argument("--target-size", type=int, help="image size the costs are counted at "
+                                                     "(default 224)")
+    run.add_argument("--target-classes", type=int, help="classes of the target (default 1000)")
+    add_storage_flags(run)
+    run.add_argument("--workers", type=int, help="trials at once")
+    run.add_argument("--gpus", help="GPU indices, e.g. 0,1")
+    run.add_argument("--trials-per-gpu", type=int)
+    run.add_argument("--device", choices=("cuda", "cpu"))
+    run.add_argument("--data", metavar="PATH")
+    run.add_argument("--subset", type=int, metavar="N", help="train on N images per trial")
+    run.add_argument("--val-size", type=int)
+    run.add_argument("--backend", choices=tuple(BACKENDS),
+                     help="who schedules the trials: worker processes (optuna, default) or "
+                          "Ray Tune")
+    run.add_argument("--ray-address", metavar="ADDR",
+                     help="auto or ray://HOST:10001 (default: a local Ray instance)")
+    run.add_argument("--ray-storage", metavar="PATH_OR_URI",
+                     help="Ray's experiment storage (default: <workspace>/ray; shared "
+                          "storage with several nodes)")
+    run.add_argument("--seed-presets", action="store_true", default=None,
+                     help="enqueue the paper presets (as proxies) that lie in the space")
+    add_tracking_flags(run)
+    run.set_defaults(no_tracking=None)  # unset, so that a --config file may say it
+    run.add_argument("--json", action="store_true", help="print the front as one JSON list")
+    run.set_defaults(run=_run)
+
+    worker = sub.add_parser("worker", help="join a running study (e.g. from another host)")
+    worker.add_argument("name")
+    add_storage_flags(worker)
+    worker.add_argument("--device", choices=("cuda", "cpu"))
+    worker.add_argument("--data", metavar="PATH", help="this host's copy of the study's data")
+    worker.add_argument("--worker-index", type=int, default=None,
+                        help="seeds this worker's sampler stream (default: from the pid)")
+    add_tracking_flags(worker)
+    worker.set_defaults(run=_worker)
+
+    listing = sub.add_parser("list", help="the studies in a storage")
+    add_storage_flags(listing)
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(run=_list)
+
+    st = sub.add_parser("status", help="counts by state, front size, hypervolume, ETA")
+    st.add_argument("name")
+    add_storage_flags(st)
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(run=_status)
+
+    pareto = sub.add_parser("pareto", help="the Pareto front of a study")
+    pareto.add_argument("name")
+    add_storage_flags(pareto)
+    pareto.add_argument("--json", action="store_true")
+    pareto.set_defaults(run=_pareto)
+    return sub
+
+
+def _load_config(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    from spaces.overrides import read_yaml_mapping
+
+    data = read_yaml_mapping(path, "--config", "family: convmixer")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def _run(args: argparse.Namespace) -> int:
+    from search.backends.base import RunOptions
+    from search.backends.run import run_search
+    from spaces.overrides import collect_overrides
+    from spaces.params import parse_assignments
+
+    config = _load_config(args.config)
+    unknown = sorted(set(config) - set(STUDY_KEYS) - set(RUN_KEYS) - set(FILE_ONLY))
+    if unknown:
+        raise UserError(f"--config: unknown setting {unknown[0]!r}")
+    flags = {k: getattr(args, k, None) for k in (*STUDY_KEYS, *RUN_KEYS, "name")}
+    s = resolve(flags, config)  # flags > --config > environment (search.study.settings)
+    if not s["name"]:
+        raise UserError("give the study a --name")
+    # the config's space file, then its `set` (a mapping or NAME=SPEC items), then the flags
+    overrides = collect_overrides([], config.get("space"))
+    file_sets = config.get("set") or {}
+    overrides.update(parse_assignments(file_sets) if isinstance(file_sets, list) else file_sets)
+    overrides.update(collect_overrides(args.sets, args.space))
+    given = {k: s[k] for k in STUDY_KEYS}
+    given["overrides"] = overrides or None
+    given["recipe"] = config.get("recipe")
+    gpus = s["gpus"]
+    if isinstance(gpus, str):
+        try:
+            gpus = [int(g) for g in gpus.split(",") if g.strip()]
+        except ValueError:
+            raise UserError(f"--gpus {gpus}: give GPU indices such as 0,1") from None
+    options = RunOptions(trials=s["trials"], timeout=s["timeout"], workers=s["workers"],
+                         gpus=gpus, trials_per_gpu=s["trials_per_gpu"] or 1,
+                         device=s["device"], storage=s["storage"], workspace=s["workspace"],
+                         data=s["data"], seed_presets=bool(s["seed_presets"]),
+                         tracking=not s["no_tracking"], tracking_uri=s["tracking_uri"],
+                         backend=s["backend"] or "optuna", ray_address=s["ray_address"],
+                         ray_storage=s["ray_storage"])
+    result = run_search(s["name"], given, options)
+    front = result["front"]
+    if args.json:
+        return print_json(front)
+    print_front(front)
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from search.backends.worker import install_signal_handlers, run_worker, threads_from_env
+
+    install_signal_handlers()
+    threads_from_env()
+    index = args.worker_index if args.worker_index is not None else os.getpid()
+    try:
+        ran = run_worker(args.name, storage_url(args), device=args.device,
+                         worker_index=index, workspace=args.workspace, data=args.data,
+                         tracking_uri=tracking_uri(args),
+                         spawned=os.environ.get("PATCHNAS_SPAWNED") == "1")
+    except KeyboardInterrupt:
+        print("worker interrupted: its trial was queued again", file=sys.stderr)
+        return 130
+    print(f"worker done: {ran} trial(s)", file=sys.stderr)
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from search.study.results import list_studies
+
+    studies = list_studies(storage_url(args))
+    if args.json:
+        return print_json(studies)
+    for s in studies:
+        print(f"{s['name']:<24} {','.join(s['families']):<20} trials {s['trials']}/"
+              f"{s['budget']}  front {s['front_size']}  hypervolume {s['hypervolume']}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from search.study.results import status
+    from search.study.studies import load_study
+
+    s = status(load_study(args.name, storage_url(args))).as_dict()
+    if args.json:
+        return print_json(s)
+    counts = "  ".join(f"{k.lower()} {v}" for k, v in s["counts"].items() if v)
+    hours = ", ".join(f"{v:.3f} {k}-hours" for k, v in s["device_hours"].items()) or "none"
+    eta = "done" if not s["eta_seconds"] else f"about {s['eta_seconds'] / 60:.1f} min"
+    print(f"{s['name']}: budget {s['budget']}  {counts}")
+    print(f"  front {s['front_size']}  hypervolume {s['hypervolume']:.4f}  compute {hours}  "
+          f"ETA {eta}")
+    return 0
+
+
+def _pareto(args: argparse.Namespace) -> int:
+    from search.study.results import pareto
+    from search.study.studies import load_study
+
+    front = pareto(load_study(args.name, storage_url(args)))
+    if args.json:
+        return print_json(front)
+    print_front(front)
+    return 0
+
+

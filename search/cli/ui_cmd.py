@@ -1,0 +1,34 @@
+"""`patchnas ui`: the MLflow UI for a workspace's runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from search.cli.common import add_workspace_flag
+from spaces.errors import UserError
+
+
+def add_commands(commands) -> None:
+    ui = commands.add_parser("ui", help="the MLflow UI on 127.0.0.1 for the workspace's runs")
+    ui.add_argument("--port", type=int, default=5000)
+    add_workspace_flag(ui)
+    ui.add_argument("--tracking-uri", metavar="URI", help="default: <workspace>/mlflow.db")
+    ui.set_defaults(run=_ui)
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from search.study.settings import tracking_uri
+    from search.study.workspace import default_tracking_uri, workspace_dir
+    from tracking.ui import serve
+
+    workspace = workspace_dir(args.workspace)
+    uri = tracking_uri(args.tracking_uri, workspace)
+    if uri is None:
+        raise UserError("$PATCHNAS_TRACKING_URI is off: give --tracking-uri")
+    if uri == default_tracking_uri(workspace) and not (workspace / "mlflow.db").exists():
+        raise UserError(f"no MLflow runs in {workspace} yet: run a study first "
+                        f"(patchnas search run ...) or give --workspace / --tracking-uri")
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port {args.port}: give a port between 1 and 65535")
+    return serve(uri, args.port, log=lambda m: print(m, file=sys.stderr, flush=True))

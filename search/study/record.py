@@ -1,0 +1,232 @@
+"""The one place that knows how patchnas stores things in Optuna.
+
+`TrialRecord` names every attribute a trial carries; a study's own attributes (its spec,
+budget, bounds, and the per-trial results that arrive after a trial finished: seed
+confirmations and full trainings) are the `StudyKey`s and functions below. Nothing else in
+patchnas spells an attribute key.
+
+All use of Optuna's private API lives here too, each with the public way as a fallback:
+  - `set_user_attrs`: many attributes in one statement (`_storage`, `_backend`,
+    `optuna.storages._rdb`, `Trial._cached_frozen_trial`); else one `set_user_attr` each;
+  - `live_trial`: a `Trial` to write to by number (`optuna.Trial(study, trial_id)`);
+  - `trial_id`: Optuna's storage id of a trial (`Trial._trial_id`);
+  - `system_attrs`: a live trial's system attributes as of `ask()` (the retry mark).
+tests/search/test_record.py fails when Optuna moves any of them (optuna is pinned < 6).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import optuna
+import sqlalchemy
+
+
+@dataclass
+class TrialRecord:
+    """Everything patchnas records about one trial (Optuna user attributes, same names)."""
+
+    number: int = -1  # Optuna's, not stored as an attribute
+    state: str | None = None  # patchnas's refinement of Optuna's: INFEASIBLE, REUSED, ...
+    reason: str | None = None  # why it failed, was pruned, or reused
+    counted: bool = False  # a FAIL of its own (diverged, OOM, error): holds a budget slot
+    family: str | None = None
+    config: dict[str, Any] | None = None  # the 32 px proxy config
+    label: str | None = None
+    arch_hash: str | None = None  # the architecture's identity (family + config)
+    fidelity: int | None = None  # the epochs a trial of the study trains to
+    seed: int | None = None
+    device: str | None = None
+    costs: dict[str, float] | None = None  # of the target model, and the proxy's
+    latency: dict[str, Any] | None = None
+    curve: list[dict[str, float]] = field(default_factory=list)  # one dict per epoch
+    seconds: float | None = None
+    epochs_run: int | None = None
+    peak_memory_bytes: int | None = None
+    reused_from: int | None = None
+    retry_of: int | None = None  # the trial this one retries
+    preset: str | None = None  # a warm start from this paper preset
+    mlflow_run_id: str | None = None
+    ray_attempt: int = 0  # how often Ray started the trial
+
+    @classmethod
+    def from_trial(cls, t: Any) -> TrialRecord:
+        """The record of a FrozenTrial or a live Trial."""
+        attrs = t.user_attrs
+        return cls(number=t.number, **{k: attrs[k] for k in ATTRS if k in attrs})
+
+    def to_attrs(self) -> dict[str, Any]:
+        """The attributes to store: every field that holds something."""
+        blank = TrialRecord()
+        return {k: getattr(self, k) for k in ATTRS if getattr(self, k) != getattr(blank, k)}
+
+    @staticmethod
+    def attrs(**values: Any) -> dict[str, Any]:
+        """Attributes from field names (a wrong name is a bug, caught here)."""
+        unknown = set(values) - set(ATTRS)
+        if unknown:
+            raise TypeError(f"TrialRecord has no field {sorted(unknown)[0]!r}")
+        return values
+
+    @property
+    def last_val_acc(self) -> float | None:
+        return self.curve[-1].get("val_acc") if self.curve else None
+
+
+ATTRS = tuple(f.name for f in fields(TrialRecord) if f.name != "number")
+
+
+def write(trial: optuna.Trial, **values: Any) -> None:
+    """Record fields of a running trial (one statement where the storage allows)."""
+    set_user_attrs(trial, TrialRecord.attrs(**values))
+
+
+def enqueue(study: optuna.Study, params: dict[str, Any], **values: Any) -> None:
+    """Queue a trial with these parameters and these recorded fields."""
+    study.enqueue_trial(params, user_attrs=TrialRecord.attrs(**values))
+
+
+# --- the study's own attributes ---------------------------------------------------------
+class StudyKey:
+    SPEC = "patchnas.spec"
+    PROVENANCE = "patchnas.provenance"
+    BUDGET = "patchnas.n_trials"
+    BOUNDS = "patchnas.bounds"
+    CONFIRM = "patchnas.confirm"  # + ".t0012": seed confirmations of trial 12
+    FULL = "patchnas.full"  # + ".t0012": the full training of trial 12
+
+
+def read_json(study: optuna.Study, key: str, default: Any = None) -> Any:
+    raw = study.user_attrs.get(key)
+    return default if raw is None else json.loads(raw)
+
+
+def write_json(study: optuna.Study, key: str, value: Any) -> None:
+    study.set_user_attr(key, json.dumps(value, sort_keys=True))
+
+
+def trial_budget(study: optuna.Study) -> int:
+    return study.user_attrs.get(StudyKey.BUDGET, 0)
+
+
+def set_trial_budget(study: optuna.Study, n: int) -> None:
+    study.set_user_attr(StudyKey.BUDGET, n)
+
+
+def _per_trial_key(kind: str, trial: int) -> str:
+    return f"{kind}.t{trial:04d}"
+
+
+def _by_trial(study: optuna.Study, kind: str) -> dict[int, dict[str, Any]]:
+    # Optuna refuses to update a finished trial's attributes: these live on the study
+    prefix = kind + ".t"
+    return {int(k[len(prefix):]): v for k, v in study.user_attrs.items()
+            if k.startswith(prefix)}
+
+
+def confirmations(study: optuna.Study) -> dict[int, dict[str, Any]]:
+    return _by_trial(study, StudyKey.CONFIRM)
+
+
+def full_results(study: optuna.Study) -> dict[int, dict[str, Any]]:
+    return _by_trial(study, StudyKey.FULL)
+
+
+def record_confirmation(study: optuna.Study, trial: int, data: dict[str, Any]) -> None:
+    study.set_user_attr(_per_trial_key(StudyKey.CONFIRM, trial), data)
+
+
+def record_full_result(study: optuna.Study, trial: int, data: dict[str, Any]) -> None:
+    study.set_user_attr(_per_trial_key(StudyKey.FULL, trial), data)
+
+
+# --- Optuna's private API, with the public way as fallback -------------------------------
+def trial_id(trial: Any) -> int:
+    """Optuna's storage id of a live or frozen trial."""
+    return trial._trial_id
+
+
+def live_trial(study: optuna.Study, frozen: Any) -> optuna.Trial:
+    """A Trial of `study` to write to, for a FrozenTrial (Optuna has no public way)."""
+    return optuna.Trial(study, trial_id(frozen))
+
+
+def system_attrs(trial: Any) -> dict[str, Any]:
+    """A trial's system attributes (a live Trial: as of ask(), where Optuna put the retry
+    mark of a heartbeat-failed trial)."""
+    system = getattr(trial, "system_attrs", None)
+    if system is not None:
+        return system
+    frozen = getattr(trial, "_cached_frozen_trial", None)
+    if frozen is not None:
+        return frozen.system_attrs
+    return trial.study._storage.get_trial_system_attrs(trial_id(trial))
+
+
+def original_number(t: Any) -> int:
+    """The number of the trial this one retries (itself if it is not a retry)."""
+    retry_of = TrialRecord.from_trial(t).retry_of
+    if retry_of is not None:
+        return retry_of
+    return system_attrs(t).get("failed_trial", t.number)
+
+
+def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    """Several user attributes of a running trial in one statement and one transaction.
+
+    Optuna commits each `set_user_attr` alone, and even within one transaction its writer
+    reloads the trial for every row (about 1.5 ms each on SQLite); a trial writes a dozen:
+    most of the search's own overhead. On SQLite and PostgreSQL they go in as one upsert
+    (the same statement Optuna's writer issues, for all rows at once); elsewhere, or if
+    Optuna's internals move, one by one through the public API."""
+    if not attrs:
+        return
+    upsert, backend, cached = fast_path(trial)
+    if upsert is None:
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        return
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    table = models.TrialUserAttributeModel.__table__
+    tid = trial_id(trial)
+    rows = [{"trial_id": tid, "key": key, "value_json": json.dumps(value)}
+            for key, value in attrs.items()]
+    with _create_scoped_session(backend.scoped_session, True) as session:
+        state = session.execute(sqlalchemy.select(models.TrialModel.state).where(
+            models.TrialModel.trial_id == tid)).scalar_one()
+        backend.check_trial_is_updatable(tid, state)
+        statement = upsert(table).values(rows)
+        session.execute(statement.on_conflict_do_update(
+            index_elements=[table.c.trial_id, table.c.key],
+            set_={"value_json": statement.excluded.value_json}))
+    cached.user_attrs.update(attrs)  # what trial.user_attrs shows, as set_user_attr does
+
+
+def fast_path(trial: optuna.Trial):
+    """(the dialect's upsert, the RDB storage, the trial's cached frozen trial), or
+    (None, None, None) when the one-statement write cannot be used."""
+    storage = trial.study._storage
+    backend = getattr(storage, "_backend", storage)  # behind Optuna's cached storage
+    cached = getattr(trial, "_cached_frozen_trial", None)
+    if not isinstance(backend, optuna.storages.RDBStorage) or cached is None:
+        return None, None, None
+    upsert = _upsert(backend)
+    return (upsert, backend, cached) if upsert is not None else (None, None, None)
+
+
+def _upsert(backend: optuna.storages.RDBStorage):
+    """The dialect's INSERT with ON CONFLICT (SQLite and PostgreSQL), else None."""
+    engine = getattr(backend, "engine", None)
+    name = engine.dialect.name if engine is not None else None
+    if name == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0):
+        from sqlalchemy.dialects.sqlite import insert
+    elif name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        return None
+    return insert

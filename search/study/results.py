@@ -1,0 +1,187 @@
+"""Reading a study: the state of each trial, the budget, the Pareto front, hypervolume and
+status. One definition of "finished" serves the workers' budget and `status`'s ETA."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search.study import record
+from search.study.objectives import normalized_hypervolume
+from search.study.pareto import nondominated_ranks
+from search.study.record import StudyKey, TrialRecord
+from search.study.spec import StudySpec
+from search.study.storage import open_storage
+from search.study.studies import load_spec
+
+STATES = ("COMPLETE", "RUNNING", "PRUNED", "FAIL", "INFEASIBLE", "REUSED", "WAITING")
+
+
+def state_of(t: FrozenTrial) -> str:
+    """The patchnas state: Optuna's, refined by what the worker recorded."""
+    if t.state in (TrialState.RUNNING, TrialState.WAITING):
+        return t.state.name
+    tag = TrialRecord.from_trial(t).state
+    if tag in ("INFEASIBLE", "REUSED") or (tag and tag == t.state.name):
+        return tag
+    return t.state.name
+
+
+def holds_budget_slot(t: FrozenTrial) -> bool:
+    """Whether a trial holds a slot of the budget: all but the FAILs that are not its own
+    (lost with a worker or interrupted, and queued again; surplus)."""
+    return t.state != TrialState.FAIL or TrialRecord.from_trial(t).counted
+
+
+@dataclass
+class Budget:
+    total: int
+    finished: int  # trials that hold a slot and are finished
+    running: int
+    waiting: int
+
+    @property
+    def reserved(self) -> int:
+        return self.finished + self.running + self.waiting
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.total - self.finished)
+
+    @property
+    def done(self) -> bool:
+        return self.finished >= self.total
+
+
+def budget(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> Budget:
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    return Budget(record.trial_budget(study),
+                  sum(1 for t in trials if holds_budget_slot(t) and t.state.is_finished()),
+                  sum(1 for t in trials if t.state == TrialState.RUNNING),
+                  sum(1 for t in trials if t.state == TrialState.WAITING))
+
+
+def front_trials(study: optuna.Study, spec: StudySpec) -> list[FrozenTrial]:
+    """Trained, feasible, complete trials on the Pareto front; each architecture once."""
+    return [t for t, rank in ranked_trials(study, spec) if rank == 0]
+
+
+def ranked_trials(study: optuna.Study, spec: StudySpec) -> list[tuple[FrozenTrial, int]]:
+    """Trained, feasible, complete trials with their Pareto rank, each architecture once: by
+    its best measured accuracy at the study's fidelity (trials of one architecture share
+    its costs; ties go to the earlier trial). The front is then Optuna's `best_trials`
+    restricted to one trial per architecture."""
+    acc = [o.metric for o in spec.objectives].index("val_acc")
+    best: dict[str, FrozenTrial] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if state_of(t) != "COMPLETE":  # infeasible or a reuse of another trial
+            continue
+        digest = TrialRecord.from_trial(t).arch_hash
+        if digest not in best or t.values[acc] > best[digest].values[acc]:
+            best[digest] = t
+    candidates = sorted(best.values(), key=lambda t: t.number)
+    points = [[-v if o.direction == "max" else v for o, v in zip(spec.objectives, t.values,
+                                                                   strict=True)]
+              for t in candidates]
+    return list(zip(candidates, nondominated_ranks(points), strict=True))
+
+
+def hypervolume(study: optuna.Study, spec: StudySpec,
+                trials: list[FrozenTrial] | None = None) -> float:
+    trials = front_trials(study, spec) if trials is None else trials
+    if not trials:
+        return 0.0
+    rows = [t.values for t in trials]
+    return normalized_hypervolume(spec.objectives, rows, objective_bounds(study, spec, rows))
+
+
+def objective_bounds(study: optuna.Study, spec: StudySpec,
+                     rows: list[list[float]]) -> dict[str, tuple[float, float]]:
+    """Each cost's smallest and largest value in the space (latency: among `rows`)."""
+    bounds = record.read_json(study, StudyKey.BOUNDS, {})
+    metrics = [o.metric for o in spec.objectives]
+    if "latency_ms" in metrics:
+        seen = [row[metrics.index("latency_ms")] for row in rows]
+        bounds["latency_ms"] = (min(seen), max(seen))  # measured: no a-priori bound
+    return bounds
+
+
+def member(t: FrozenTrial, spec: StudySpec) -> dict[str, Any]:
+    r = TrialRecord.from_trial(t)
+    return {
+        "trial": t.number,
+        "family": r.family,
+        "label": r.label,
+        "config": r.config,
+        "values": {o.metric: v for o, v in zip(spec.objectives, t.values, strict=True)},
+        "costs": r.costs,
+        "fidelity": {"epochs": r.epochs_run if r.epochs_run is not None else spec.epochs,
+                     "max_epochs": spec.epochs, "subset": spec.subset,
+                     "image_size": 32},
+        "arch_hash": r.arch_hash,
+        "seed": r.seed,
+    }
+
+
+def pareto(study: optuna.Study) -> list[dict[str, Any]]:
+    spec = load_spec(study)
+    members = [member(t, spec) for t in front_trials(study, spec)]
+    return sorted(members, key=lambda m: -m["values"]["val_acc"])
+
+
+@dataclass
+class Status:
+    name: str
+    counts: dict[str, int]
+    budget: int
+    front_size: int
+    hypervolume: float
+    device_hours: dict[str, float]
+    eta_seconds: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def status(study: optuna.Study) -> Status:
+    spec = load_spec(study)
+    trials = study.get_trials(deepcopy=False)
+    counts = {s: 0 for s in STATES}
+    hours: dict[str, float] = {}
+    durations = []
+    for t in trials:
+        counts[state_of(t)] += 1
+        r = TrialRecord.from_trial(t)
+        if r.seconds:
+            device = (r.device or "cpu").split(":")[0]
+            hours[device] = hours.get(device, 0.0) + r.seconds / 3600
+            durations.append(r.seconds)
+    front = front_trials(study, spec)
+    left = budget(study, trials)
+    running = max(1, left.running)
+    eta = (sum(durations) / len(durations) * left.remaining / running) if durations else None
+    return Status(study.study_name, counts, left.total, len(front),
+                  hypervolume(study, spec, front), {k: round(v, 4) for k, v in hours.items()},
+                  eta if left.remaining else 0.0)
+
+
+def list_studies(storage_url: str) -> list[dict[str, Any]]:
+    storage = open_storage(storage_url, heartbeat=False)
+    out = []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        try:
+            spec = load_spec(study)
+        except Exception:
+            continue
+        s = status(study)
+        out.append({"name": summary.study_name, "families": list(spec.space.families),
+                    "objectives": [str(o) for o in spec.objectives], "trials": sum(
+                        s.counts.values()), "budget": s.budget, "front_size": s.front_size,
+                    "hypervolume": round(s.hypervolume, 4),
+                    "created": summary.datetime_start.isoformat(timespec="seconds")
+                    if summary.datetime_start else None})
+    return out

@@ -1,0 +1,71 @@
+"""The trial record is the one place that spells attribute keys and touches Optuna's
+private API; these tests fail when Optuna moves what it relies on."""
+
+import re
+from pathlib import Path
+
+import optuna
+import pytest
+
+from search.study import record
+from search.study.record import TrialRecord
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _study():
+    storage = optuna.storages.RDBStorage("sqlite:///:memory:")
+    return optuna.create_study(storage=storage, directions=["maximize"])
+
+
+def test_optuna_private_api_is_where_the_record_expects_it():
+    study = _study()
+    trial = study.ask()
+    upsert, backend, cached = record.fast_path(trial)
+    assert upsert is not None, "Optuna moved its storage internals: the one-statement write"
+    assert isinstance(backend, optuna.storages.RDBStorage)
+    assert isinstance(cached, optuna.trial.FrozenTrial) and cached.number == trial.number
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session  # noqa: F401
+
+    assert hasattr(models, "TrialUserAttributeModel") and hasattr(models, "TrialModel")
+    assert callable(backend.check_trial_is_updatable)
+    frozen = study.get_trials(deepcopy=False)[0]
+    assert record.trial_id(frozen) == record.trial_id(trial)
+    again = record.live_trial(study, frozen)
+    assert isinstance(again, optuna.Trial) and again.number == trial.number
+    assert record.system_attrs(trial) == {}
+
+
+def test_record_round_trips_and_refuses_unknown_fields():
+    study = _study()
+    trial = study.ask()
+    record.write(trial, state="COMPLETE", curve=[{"epoch": 1, "val_acc": 0.5}], seed=7)
+    got = TrialRecord.from_trial(study.get_trials(deepcopy=False)[0])
+    assert (got.state, got.seed, got.last_val_acc, got.counted) == ("COMPLETE", 7, 0.5, False)
+    assert got.to_attrs() == {"state": "COMPLETE", "seed": 7,
+                              "curve": [{"epoch": 1, "val_acc": 0.5}]}
+    with pytest.raises(TypeError, match="no field 'stat'"):
+        record.write(trial, stat="COMPLETE")
+
+
+def test_a_retry_knows_its_original_number():
+    study = _study()
+    first = study.ask()
+    record.enqueue(study, {}, retry_of=first.number)
+    study.tell(first, state=optuna.trial.TrialState.FAIL)
+    retry = study.ask()
+    assert retry.number == 1 and record.original_number(retry) == 0
+
+
+def test_no_attribute_key_or_private_api_outside_the_record_module():
+    pattern = re.compile(r"user_attrs|set_user_attr\(|_trial_id|\._storage\b|"
+                         r"_cached_frozen_trial|optuna\.Trial\(|_rdb")
+    offenders = []
+    for path in (ROOT / "search").rglob("*.py"):
+        if path.name == "record.py" and path.parent.name == "study":
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if pattern.search(line):
+                offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)
