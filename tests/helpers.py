@@ -33,6 +33,20 @@ TINY = {"family": "convmixer", "overrides": {"h": "16..48:16", "d": "1..2", "p":
         "epochs": 2, "val_size": 40, "recipe": {"batch_size": 32}}
 TINY_SETS = [f"{k}={v}" for k, v in TINY["overrides"].items()]
 
+# the papers' parameter counts of the presets at 224 px, 1000 classes, and the tolerance
+PUBLISHED_PARAMS = {
+    "convmixer-1536-20": (51.63e6, 0.005),
+    "convmixer-768-32": (21.11e6, 0.005),
+    "convmixer-1024-20": (24.38e6, 0.005),
+    "convmlp-s": (9.0e6, 0.02),
+    "convmlp-m": (17.4e6, 0.02),
+    "convmlp-l": (42.7e6, 0.02),
+    "coatnet-0": (25e6, 0.05),
+    "coatnet-1": (42e6, 0.05),
+    "coatnet-2": (75e6, 0.05),
+    "coatnet-3": (168e6, 0.05),
+}
+
 
 def need(condition: bool, reason: str) -> None:
     if condition:
@@ -78,6 +92,20 @@ def pids_where(matches: Callable[[list[bytes]], bool]) -> list[int]:
         if matches(argv):
             pids.append(int(proc.name))
     return pids
+
+
+def lrs_of_each_update(run) -> list[list[float]]:
+    """The learning rate of each param group at every optimizer step that `run()` takes."""
+    seen = []
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    hook = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: seen.append([g["lr"] for g in opt.param_groups]))
+    try:
+        run()
+    finally:
+        hook.remove()
+    return seen
 
 
 def free_port() -> int:

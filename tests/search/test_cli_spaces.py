@@ -9,7 +9,7 @@ import pytest
 
 import spaces
 from search.cli import main
-from tests.spaces.test_presets import PUBLISHED_PARAMS
+from tests.helpers import PUBLISHED_PARAMS
 
 
 def run_cli(*args):

@@ -5,20 +5,9 @@ import torch
 
 import spaces
 from spaces.cost import costs
+from tests.helpers import PUBLISHED_PARAMS
 
 # (published params, relative tolerance) at the native size with 1000 classes
-PUBLISHED_PARAMS = {
-    "convmixer-1536-20": (51.63e6, 0.005),
-    "convmixer-768-32": (21.11e6, 0.005),
-    "convmixer-1024-20": (24.38e6, 0.005),
-    "convmlp-s": (9.0e6, 0.02),
-    "convmlp-m": (17.4e6, 0.02),
-    "convmlp-l": (42.7e6, 0.02),
-    "coatnet-0": (25e6, 0.05),
-    "coatnet-1": (42e6, 0.05),
-    "coatnet-2": (75e6, 0.05),
-    "coatnet-3": (168e6, 0.05),
-}
 # timm's coatnet_{0..3}_224: the paper's model, to the parameter
 TIMM_COATNET = {"coatnet-0": 25_036_820, "coatnet-1": 42_225_776, "coatnet-2": 74_684_744,
                 "coatnet-3": 166_966_264}

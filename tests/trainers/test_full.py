@@ -17,7 +17,7 @@ import yaml
 
 from search.cli import main
 from spaces.convmixer import ConvMixerConfig
-from tests.trainers.test_proxy import lrs_of_each_update
+from tests.helpers import lrs_of_each_update
 from trainers.full import FullOptions, FullTrainer, join_processes
 from trainers.full_config import FullConfig
 from trainers.recipes import published

@@ -3,10 +3,10 @@
 import pytest
 import torch
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import spaces
 from spaces.convmixer import ConvMixerConfig
+from tests.helpers import lrs_of_each_update
 from trainers.augment import cutout, random_crop, random_flip
 from trainers.data import Splits
 from trainers.proxy import ProxyTrainer, Recipe, learning_rate
@@ -121,18 +121,6 @@ def test_checkpoint_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_pa
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(),
                             strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
-
-
-def lrs_of_each_update(run) -> list[list[float]]:
-    """The learning rate of each param group at every optimizer step that `run()` takes."""
-    seen = []
-    hook = register_optimizer_step_pre_hook(
-        lambda opt, args, kwargs: seen.append([g["lr"] for g in opt.param_groups]))
-    try:
-        run()
-    finally:
-        hook.remove()
-    return seen
 
 
 @pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
