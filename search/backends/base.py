@@ -7,6 +7,7 @@ search/backends/__init__.py's registry.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,13 +55,13 @@ class SearchJob:
     tracking_uri: str | None
 
 
-class Backend:
+class Backend(ABC):
     name = ""
 
+    @abstractmethod
     def check(self, options: RunOptions) -> str:
         """Refuse bad flags before anything is stored; say where the trials will run."""
-        raise NotImplementedError
 
+    @abstractmethod
     def run(self, job: SearchJob) -> int:
         """Run the study's remaining budget; 0, or 130 when interrupted."""
-        raise NotImplementedError

@@ -24,12 +24,12 @@ class LocalBackend(Backend):
     name = "optuna"
 
     def check(self, options: RunOptions) -> str:
-        self.slots = worker_slots(options)
-        devices = ", ".join(sorted({s["device"] for s in self.slots}))
-        return f"{len(self.slots)} worker(s) on {devices}"
+        slots = worker_slots(options)
+        devices = ", ".join(sorted({s["device"] for s in slots}))
+        return f"{len(slots)} worker(s) on {devices}"
 
     def run(self, job: SearchJob) -> int:
-        return run_workers(job, self.slots)
+        return run_workers(job, worker_slots(job.options))
 
 
 def worker_slots(options: RunOptions) -> list[dict[str, str]]:

@@ -24,14 +24,12 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial
 
-from search.study.objectives import normalize
+from search.study.objectives import COSTS, normalize
 from search.study.pareto import nondominated_ranks, nsga2_order
 from search.study.record import TrialRecord, confirmations
 from search.study.results import objective_bounds, ranked_trials
 from search.study.spec import StudySpec
 from spaces.errors import UserError
-
-COST_LIMITS = ("params", "macs", "latency_ms")
 
 
 @dataclass(frozen=True)
@@ -53,9 +51,9 @@ class Selection:
             limits = []
             for item in text.removeprefix("best-under:").split(","):
                 metric, _, value = item.partition("=")
-                if metric not in COST_LIMITS:
+                if metric not in COSTS:
                     raise UserError(f"--select best-under: unknown cost {metric!r}; use "
-                                    f"{', '.join(COST_LIMITS)}, e.g. best-under:params=5e6")
+                                    f"{', '.join(COSTS)}, e.g. best-under:params=5e6")
                 try:
                     limits.append((metric, float(value)))
                 except ValueError:
