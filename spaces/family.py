@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
@@ -149,6 +150,10 @@ class Space:
     def suggest(self, trial: Any, prefix: str = "") -> Any:
         values = {p.name: p.suggest(trial, prefix) for p in self.params}
         return self.family.config_from(values)
+
+    def size(self) -> float:
+        """How many configs this space holds (inf with a continuous param)."""
+        return math.prod(p.count() for p in self.params)
 
     def corners(self) -> list[Any]:
         """Configs at which each cost of this space reaches its minimum or maximum.

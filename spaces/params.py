@@ -12,6 +12,7 @@ may narrow or widen a domain with `NAME=SPEC`:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -147,6 +148,15 @@ class Param:
         if isinstance(d, Choices):
             return value in d.values
         return d.low <= value <= d.high and not (d.step and (value - d.low) % d.step)
+
+    def count(self) -> float:
+        """How many values this param can take (inf for a continuous range)."""
+        d = self.domain
+        if isinstance(d, Choices):
+            return len(d.values)
+        if self.type is int or d.step:
+            return int((d.high - d.low) // (d.step or 1)) + 1
+        return math.inf
 
     def extremes(self) -> tuple[Value, ...]:
         """The values at which this param can make a model smallest or largest."""

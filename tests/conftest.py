@@ -31,13 +31,22 @@ def workspace(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_cache(tmp_path_factory):
+    """Every workspace of the session (and every process a test starts) shares one decoded
+    copy of each dataset: decoding CIFAR-10 takes ~18 s here."""
+    path = tmp_path_factory.mktemp("cache")
+    os.environ["PATCHNAS_CACHE"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def cifar(workspace):
     """The shared real CIFAR-10 (JPEG image-folder archive), decoded through the cache."""
     need(CIFAR_ARCHIVE.exists(), f"the shared CIFAR-10 archive is missing at {CIFAR_ARCHIVE}")
     from trainers.data import load
 
-    return load(CIFAR_ARCHIVE, cache_dir=workspace / "cache")
+    return load(CIFAR_ARCHIVE, cache_dir=os.environ["PATCHNAS_CACHE"])
 
 
 @pytest.fixture(scope="session")

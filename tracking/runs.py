@@ -22,7 +22,7 @@ ROLE = "patchnas.role"
 TRIAL = "patchnas.trial"
 PARENT = "mlflow.parentRunId"
 RUN_STATUS = {"COMPLETE": "FINISHED", "REUSED": "FINISHED", "INFEASIBLE": "FINISHED",
-              "PRUNED": "KILLED", "FAIL": "FAILED"}
+              "PRUNED": "KILLED", "FAIL": "FAILED", "RETRIED": "KILLED"}
 MAX_PARAM = 6000  # MLflow's limit on a param value
 
 

@@ -129,6 +129,18 @@ class ProxyTrainer:
                               start)
 
 
+def checkpoint_history(path: str | Path) -> list[dict[str, float]]:
+    """The epochs a checkpoint has trained (what a resumed fit will not report again); [] when
+    there is none or it cannot be read (the fit then reports the problem)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    try:
+        return list(torch.load(path, map_location="cpu", weights_only=True)["history"])
+    except Exception:
+        return []
+
+
 class _Run:
     """One fit: state that a checkpoint saves and restores."""
 

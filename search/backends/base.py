@@ -59,8 +59,9 @@ class Backend(ABC):
     name = ""
 
     @abstractmethod
-    def check(self, options: RunOptions) -> str:
-        """Refuse bad flags before anything is stored; say where the trials will run."""
+    def check(self, name: str, options: RunOptions) -> str:
+        """Refuse bad flags (or a study `name` already running here) before anything is
+        stored; say where the trials will run."""
 
     @abstractmethod
     def run(self, job: SearchJob) -> int:

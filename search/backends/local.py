@@ -10,26 +10,41 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+import optuna
+from optuna.trial import TrialState
+
 from search.backends.base import Backend, RunOptions, SearchJob
+from search.backends.runner import queue_again
+from search.study import record
+from search.study.record import TrialRecord, live_trial, original_number
+from search.study.results import budget
+from search.study.workspace import workspace_dir
 from spaces.errors import UserError
 
 
 class LocalBackend(Backend):
     name = "optuna"
 
-    def check(self, options: RunOptions) -> str:
+    def check(self, name: str, options: RunOptions) -> str:
         slots = worker_slots(options)
+        live = live_workers(name, workspace_dir(options.workspace))
+        if live:
+            raise UserError(
+                f"study {name} already has {len(live)} worker(s) running on this host (pid "
+                f"{', '.join(map(str, live))}): wait for them, or stop them (kill "
+                f"{' '.join(map(str, live))}; their trials are queued again), then run again")
         devices = ", ".join(sorted({s["device"] for s in slots}))
         return f"{len(slots)} worker(s) on {devices}"
 
     def run(self, job: SearchJob) -> int:
-        return run_workers(job, worker_slots(job.options))
+        return Supervisor(job, worker_slots(job.options)).run()
 
 
 def worker_slots(options: RunOptions) -> list[dict[str, str]]:
@@ -60,65 +75,157 @@ def worker_slots(options: RunOptions) -> list[dict[str, str]]:
     return [{"device": "cpu", "PATCHNAS_THREADS": str(threads)} for _ in range(workers)]
 
 
-def run_workers(job: SearchJob, slots: list[dict[str, str]]) -> int:
-    logs = job.workspace / "logs" / job.spec.name
-    logs.mkdir(parents=True, exist_ok=True)
-    procs = []
-    for i, slot in enumerate(slots):
+class Supervisor:
+    """The driver's side of the local backend: starts one worker per slot, and watches them.
+
+    A worker that dies (killed by the OS, a crash) is reported at once; its trial is failed
+    and queued again (failed for good when it killed its worker before), and a new worker
+    takes its slot while the budget lasts. Ctrl-C or SIGTERM stops every worker cleanly."""
+
+    def __init__(self, job: SearchJob, slots: list[dict[str, str]]):
+        self.job, self.slots = job, slots
+        self.logs = job.workspace / "logs" / job.spec.name
+        self.procs: list[subprocess.Popen | None] = [None] * len(slots)
+        self.files: list = [None] * len(slots)
+        self.restarts = [0] * len(slots)
+        self.failed: dict[int, str] = {}  # slot -> why its worker is not replaced
+
+    def run(self) -> int:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        for i in range(len(self.slots)):
+            self._start(i)
+        timeout = self.job.options.timeout
+        deadline = time.monotonic() + timeout if timeout else None
+        # Ctrl-C and SIGTERM set a flag: a KeyboardInterrupt raised inside a garbage-
+        # collection callback (SQLAlchemy has some) would be swallowed and the stop lost
+        stop = threading.Event()
+        previous = {sig: signal.signal(sig, lambda signum, frame: stop.set())
+                    for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while any(p is not None and p.poll() is None for p in self.procs):
+                if stop.is_set():
+                    self.job.log("interrupted: stopping the workers (their trials are queued "
+                                 "again)")
+                    self._interrupt()
+                    return 130
+                if deadline is not None and time.monotonic() > deadline:
+                    self.job.log("--timeout reached: stopping the workers")
+                    self._interrupt()
+                    break
+                self._watch()
+                self.job.tick()
+                time.sleep(0.5)
+            self._watch()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            for p, f in zip(self.procs, self.files, strict=True):
+                if p is not None:
+                    p.wait()
+                    f.close()
+        if self.failed and len(self.failed) == len(self.slots):
+            raise UserError(f"every worker failed; see {self.logs}")
+        return 0
+
+    def _start(self, i: int) -> None:
+        job, slot = self.job, self.slots[i]
         env = {**os.environ, **job.options.env,
                "PATCHNAS_STORAGE": job.storage_url,  # not on argv: no password leaks
                **{k: v for k, v in slot.items() if k != "device"}}
         cmd = [sys.executable, "-m", "search", "search", "worker", job.spec.name,
                "--device", slot["device"], "--workspace", str(job.workspace),
                "--data", job.data, "--worker-index", str(i)]
-        log_file = open(logs / f"worker-{i}.log", "ab")  # noqa: SIM115 - closed below
-        procs.append((subprocess.Popen(cmd, env=env, stdout=log_file, stderr=log_file),
-                      log_file))
-    timeout = job.options.timeout
-    deadline = time.monotonic() + timeout if timeout else None
-    # Ctrl-C sets a flag: a KeyboardInterrupt raised inside a garbage-collection callback
-    # (SQLAlchemy has some) would be swallowed by Python and the stop lost
-    interrupted = threading.Event()
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.set())
-    try:
-        while any(p.poll() is None for p, _ in procs):
-            if interrupted.is_set():
-                raise KeyboardInterrupt
-            if deadline is not None and time.monotonic() > deadline:
-                job.log("--timeout reached: stopping the workers")
-                _interrupt(procs)
-                break
-            job.tick()
-            time.sleep(1.0)
-    except KeyboardInterrupt:
-        job.log("interrupted: stopping the workers (their trials are queued again)")
-        _interrupt(procs)
-        return 130
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        for p, f in procs:
+        if self.files[i] is not None:
+            self.files[i].close()
+        self.files[i] = open(self.logs / f"worker-{i}.log", "ab")  # noqa: SIM115 - closed in run
+        self.procs[i] = subprocess.Popen(cmd, env=env, stdout=self.files[i],
+                                         stderr=self.files[i])
+
+    def _watch(self) -> None:
+        """Report, account for and replace each worker that died since the last look."""
+        for i, p in enumerate(self.procs):
+            if p is None or p.poll() is None or p.returncode in (0, 130, -signal.SIGINT):
+                continue
+            self.procs[i] = None
+            why = died(p.returncode)
+            lost = fail_trials_of(self.job.study, f"{socket.gethostname()}:{p.pid}", why)
+            log = self.logs / f"worker-{i}.log"
+            tail = "" if p.returncode < 0 else f": {_last_line(log)}"
+            self.job.log(f"worker {i} (pid {p.pid}) {why}{tail}"
+                         + "".join(f"; {line}" for line in lost) + f" (log: {log})")
+            if p.returncode == 2:  # a mistake it reported (bad data, flags): it would repeat
+                self.failed[i] = why
+            elif self.restarts[i] >= MAX_RESTARTS:
+                self.failed[i] = why
+                self.job.log(f"worker {i} died {MAX_RESTARTS + 1} times: not started again")
+            elif not budget(self.job.study).done:
+                self.restarts[i] += 1
+                self._start(i)
+                self.job.log(f"started a new worker {i} (pid {self.procs[i].pid})")
             p.wait()
-            f.close()
-    failed = [(i, p.returncode) for i, (p, _) in enumerate(procs)
-              if p.returncode not in (0, 130, -signal.SIGINT)]
-    for i, code in failed:
-        tail = _last_line(logs / f"worker-{i}.log")
-        job.log(f"worker {i} exited with code {code}: {tail} (log: {logs / f'worker-{i}.log'})")
-    if failed and len(failed) == len(procs):
-        raise UserError(f"every worker failed; see {logs}")
-    return 0
 
-
-def _interrupt(procs) -> None:
-    for p, _ in procs:
-        if p.poll() is None:
+    def _interrupt(self) -> None:
+        live = [p for p in self.procs if p is not None and p.poll() is None]
+        for p in live:
             p.send_signal(signal.SIGINT)
-    end = time.monotonic() + 60
-    for p, _ in procs:
+        end = time.monotonic() + 60
+        for p in live:
+            try:
+                p.wait(timeout=max(0.1, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+MAX_RESTARTS = 3  # per slot
+
+
+def died(code: int) -> str:
+    """How a worker's exit code reads."""
+    if code >= 0:
+        return f"exited with code {code}"
+    name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
+    hint = ": likely out of memory" if -code == signal.SIGKILL else ""
+    return f"was killed by signal {-code} ({name}){hint}"
+
+
+def fail_trials_of(study: optuna.Study, worker: str, why: str) -> list[str]:
+    """Fail the RUNNING trials of a dead worker at once (not after the heartbeat's grace):
+    queued again, or failed for good when the same trial already killed a worker."""
+    out = []
+    trials = study.get_trials(deepcopy=False)
+    for t in trials:
+        if t.state != TrialState.RUNNING or TrialRecord.from_trial(t).worker != worker:
+            continue
+        original = original_number(t)
+        before = [u for u in trials if u.number != t.number and original_number(u) == original
+                  and (TrialRecord.from_trial(u).reason or "").startswith(KILLED)]
+        live = live_trial(study, t)
+        if before:
+            record.write(live, state="FAIL", counted=True,
+                         reason=f"{KILLED} twice (last {why})")
+            out.append(f"trial {t.number} killed its worker twice: failed for good")
+        else:
+            queue_again(study, live, f"{KILLED} ({why})")
+            out.append(f"trial {t.number} is queued again")
+        study.tell(t.number, state=TrialState.FAIL)
+    return out
+
+
+KILLED = "its worker died"
+
+
+def live_workers(name: str, workspace: Path) -> list[int]:
+    """Pids of `search worker NAME --workspace WORKSPACE` processes on this host (Linux)."""
+    want = [b"search", b"worker", name.encode(), str(workspace).encode()]
+    pids = []
+    for entry in Path("/proc").glob("[0-9]*"):
         try:
-            p.wait(timeout=max(0.1, end - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if all(w in argv for w in want) and argv[argv.index(b"worker") - 1] == b"search":
+            pids.append(int(entry.name))
+    return sorted(pids)
 
 
 def _last_line(path: Path) -> str:

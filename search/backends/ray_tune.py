@@ -34,7 +34,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 
 from search.backends.base import Backend, RunOptions, SearchJob
-from search.backends.runner import SurplusTrial, TrialFailed, queue_again
+from search.backends.runner import Discarded, TrialFailed, queue_again
 from search.backends.samplers import make_sampler
 from search.backends.worker import make_runner
 from search.study import record
@@ -71,8 +71,11 @@ class StudySearcher(Searcher):
     def study(self) -> optuna.Study:
         if self._study is None:
             url = os.environ[STORAGE_ENV]
-            self._spec = load_spec(load_study(self.name, url))
-            self._study = load_study(self.name, url, sampler=make_sampler(self._spec, 0))
+            first = load_study(self.name, url)
+            self._spec = load_spec(first)
+            stream = len(first.get_trials(deepcopy=False)) + 1  # a fresh stream per start
+            self._study = load_study(self.name, url,
+                                     sampler=make_sampler(self._spec, 0, stream))
         return self._study
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
@@ -177,7 +180,7 @@ def ray_trial(config: dict[str, Any], name: str, workspace: str, data: str,
         final = {"patchnas_state": "COMPLETE", "values": runner(trial)}
     except optuna.TrialPruned:
         final = {"patchnas_state": "PRUNED"}
-    except (TrialFailed, SurplusTrial):
+    except (TrialFailed, Discarded):
         final = {"patchnas_state": "FAIL"}
     finally:
         shutil.rmtree(checkpoints, ignore_errors=True)
@@ -199,7 +202,7 @@ class _Progress(tune.Callback):
 class RayBackend(Backend):
     name = "ray"
 
-    def check(self, options: RunOptions) -> str:
+    def check(self, name: str, options: RunOptions) -> str:
         from search.backends.local import worker_slots
 
         worker_slots(options)  # the same device flags are refused the same way

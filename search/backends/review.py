@@ -52,9 +52,11 @@ class Progress:
 def progress_line(study: optuna.Study) -> str:
     s = status(study)
     c = s.counts
-    return (f"done {c['COMPLETE'] + c['REUSED']}/{s.budget}  running {c['RUNNING']}  "
-            f"pruned {c['PRUNED']}  failed {c['FAIL']}  infeasible {c['INFEASIBLE']}  "
-            f"front {s.front_size}  hypervolume {s.hypervolume:.4f}")
+    extra = "".join(f"  {k.lower()} {c[k]}" for k in ("REUSED", "RETRIED") if c[k])
+    return (f"done {s.finished}/{s.budget}  running {c['RUNNING']}  "
+            f"pruned {c['PRUNED']}  failed {c['FAIL']}  infeasible {c['INFEASIBLE']}{extra}  "
+            f"front {s.front_size}  hypervolume {s.hypervolume:.4f}"
+            + ("  (every architecture of the space is trained)" if s.exhausted else ""))
 
 
 def refresh(study: optuna.Study, runs: Any) -> None:
@@ -69,7 +71,7 @@ def refresh(study: optuna.Study, runs: Any) -> None:
               for t, r in records if r.mlflow_run_id is not None]
     s = status(study)
     front = pareto(study)
-    metrics = {"trials_complete": s.counts["COMPLETE"] + s.counts["REUSED"],
+    metrics = {"trials_complete": s.counts["COMPLETE"], "trials_done": s.finished,
                "front_size": s.front_size, "hypervolume": s.hypervolume}
     runs.review(metrics, {"front.csv": front_csv(front), "front.md": front_markdown(front),
                           **pictures(study, spec, ranked)}, trials)

@@ -36,7 +36,7 @@ def run_search(name: str, given: dict[str, Any], options: RunOptions, log=None) 
                          seed=spec.seed)  # decodes into the cache once, for every worker
     spec = replace(spec, data_hash=splits.content_hash)
     backend = get_backend(options.backend)
-    where = backend.check(options)  # a bad device flag is refused before anything is stored
+    where = backend.check(name, options)  # refused before anything is stored
     study = create_or_resume(spec, url, options.trials, seed_presets=options.seed_presets,
                              log=log)
     runs, uri = _start_tracking(spec, workspace, options)

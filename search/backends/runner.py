@@ -2,13 +2,17 @@
 
     ask -> suggest a config -> costs of the target model (no GPU time) -> over a constraint?
     -> INFEASIBLE (told COMPLETE with its constraint violations, never trained)
-    -> the same architecture already trained at this fidelity? -> REUSED (its result)
+    -> claim the architecture at this fidelity (one atomic write in the storage):
+       trained already by another trial -> REUSED (its result; no budget slot)
+       in flight in another trial -> DISCARDED (the worker asks for another config)
     -> proxy training, asking the pruner after each epoch -> COMPLETE / PRUNED / FAIL (reason)
 """
 
 from __future__ import annotations
 
 import math
+import os
+import socket
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -20,19 +24,24 @@ from optuna.trial import TrialState
 from search.backends.pruners import Pruner, make_pruner
 from search.study import record
 from search.study.record import TrialRecord, original_number
-from search.study.results import holds_budget_slot
+from search.study.results import holds_budget_slot, state_of
 from search.study.space import arch_hash
 from search.study.spec import StudySpec, provenance
 from spaces.cost import measure_latency, target_and_proxy_costs
-from trainers.proxy import DeviceData, ProxyTrainer
+from trainers.proxy import DeviceData, ProxyTrainer, checkpoint_history
 
 
 class TrialFailed(Exception):
     """The trial ran and failed for a reason of its own (diverged, out of memory, error)."""
 
 
-class SurplusTrial(Exception):
-    """The trial was asked after the budget was already taken by other workers' trials."""
+class Discarded(Exception):
+    """The trial will not run: asked after other workers' trials took the budget (surplus),
+    or its architecture is being trained by another trial (a twin in flight)."""
+
+
+# who runs a trial: the driver fails a dead worker's trials at once by this
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
 def trial_seed(study_seed: int, number: int) -> int:
@@ -59,6 +68,8 @@ class TrialRunner:
         self.runs = runs  # tracking.runs.StudyRuns, or None without tracking
         self.parent_run = runs.parent() if runs is not None else None
         self.child: str | None = None
+        self.resumed_curve: list[dict[str, float]] = []
+        self.discarded = False  # whether the last trial was discarded (surplus or a twin)
         self.run_tags = _provenance_tags() if runs is not None else {}
         self.checkpoints = workspace / "checkpoints" / spec.name
         self.log = log
@@ -70,10 +81,13 @@ class TrialRunner:
                                                        spec.max_latency_ms))
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
-        self.child = None
+        self.child, self.resumed_curve, self.discarded = None, [], False
         try:
             return self._run(trial)
-        except (optuna.TrialPruned, TrialFailed, SurplusTrial):
+        except Discarded:
+            self.discarded = True
+            raise
+        except (optuna.TrialPruned, TrialFailed):
             raise
         except Exception as err:  # a crash fails this trial, with its reason; the study goes on
             message = str(err).strip().splitlines()[0] if str(err).strip() else ""
@@ -95,7 +109,8 @@ class TrialRunner:
         identity = TrialRecord.attrs(
             family=family.name, config=asdict(proxy), label=family.label(proxy),
             arch_hash=digest, fidelity=spec.epochs,
-            seed=trial_seed(spec.seed, original_number(trial)), device=str(self.trainer.device))
+            seed=trial_seed(spec.seed, original_number(trial)), device=str(self.trainer.device),
+            worker=WORKER)
         trials = self.study.get_trials(deepcopy=False)  # one read serves both checks
         self._check_surplus(trial, identity, trials)
         costs = self._costs(family, proxy, digest)
@@ -108,12 +123,15 @@ class TrialRunner:
             found["latency"] = latency.as_dict()
             del target
         record.write(trial, **found, costs=costs)
+        infeasible = self._infeasible(trial, costs)
+        prior = None if infeasible else self._claim(trial, digest)  # may discard the trial
+        if not infeasible and prior is None:  # training it: from its checkpoint, if one is left
+            self.resumed_curve = checkpoint_history(self._checkpoint(digest, identity["seed"]))
         if self.runs is not None:
             self._start_child(trial, family, proxy, digest)
-        if self._infeasible(trial, costs):
+        if infeasible:
             record.write(trial, state="INFEASIBLE")
             return self._values(0.0, costs)
-        prior = self._prior(digest, trial.number, trials)
         if prior is not None:
             return self._reuse(trial, prior)
         return self._train(trial, family, proxy, costs, digest)
@@ -128,14 +146,19 @@ class TrialRunner:
                   "recipe": asdict(spec.recipe_obj)}
         tags = {"study": spec.name, "trial": str(trial.number), "arch_hash": digest,
                 "device": str(self.trainer.device), "state": "RUNNING", **self.run_tags}
-        known = TrialRecord.from_trial(trial).mlflow_run_id
-        if known is not None:  # a retried trial continues its run
-            self.child = self.runs.resume_run(known)
+        r = TrialRecord.from_trial(trial)
+        if r.mlflow_run_id is not None and r.ray_attempt > 1:  # Ray restarted this trial
+            self.child = self.runs.resume_run(r.mlflow_run_id)
             if self.child is not None:
                 return
+        original = original_number(trial)
+        if original != trial.number:  # a retry: its own run, linked to the original's
+            tags["retry_of"] = str(original)
         self.child = self.runs.start_trial(f"t{trial.number:04d} {family.label(proxy)}",
                                            trial.number, params, tags, self.parent_run)
         record.write(trial, mlflow_run_id=self.child)
+        if self.resumed_curve:
+            self.runs.log_epochs(self.child, self.resumed_curve)
 
     def _end_child(self, trial) -> None:
         r = TrialRecord.from_trial(trial)
@@ -159,9 +182,35 @@ class TrialRunner:
         n = self.budget if self.budget is not None else math.inf
         alive = sorted(t.number for t in trials if holds_budget_slot(t))
         if alive.index(trial.number) >= n:
-            record.write(trial, **identity, state="FAIL",
+            record.write(trial, **identity, state="DISCARDED",
                          reason="surplus: the budget was taken by other workers")
-            raise SurplusTrial()
+            raise Discarded()
+
+    def _claim(self, trial: optuna.Trial, digest: str) -> optuna.trial.FrozenTrial | None:
+        """Claim the architecture for this trial: None when this trial is to train it, the
+        trial that trained it when that is done; raises Discarded while a twin trains it."""
+        mine, fidelity = original_number(trial), self.spec.epochs
+        owner = record.claim_architecture(self.study, digest, fidelity, mine)
+        if owner == mine:
+            return None
+        chain = [t for t in self.study.get_trials(deepcopy=False)
+                 if t.number != trial.number and original_number(t) == owner]
+        trained = [t for t in chain if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+                   and state_of(t) in ("COMPLETE", "PRUNED")]
+        if trained:
+            return trained[-1]
+        if any(not t.state.is_finished() for t in chain):
+            self._discard(trial, f"a twin of trial {owner}, which is training it")
+        # the claimant failed for good: this trial trains it, unless another took it first
+        if record.claim_architecture(self.study, digest, fidelity, mine,
+                                     replacing=owner) != mine:
+            self._discard(trial, "a twin of a trial that is training it")
+        return None
+
+    def _discard(self, trial: optuna.Trial, why: str) -> None:
+        record.write(trial, state="DISCARDED", reason=why)
+        self.log(f"trial {trial.number} discarded: {why}")
+        raise Discarded()
 
     def _infeasible(self, trial: optuna.Trial, costs: dict[str, float]) -> bool:
         if not self.constrained:
@@ -176,17 +225,6 @@ class TrialRunner:
             trial.set_constraint(metric, violation)
             violated |= violation > 0
         return violated
-
-    def _prior(self, digest: str, number: int, trials) -> optuna.trial.FrozenTrial | None:
-        """An earlier trial that trained this architecture to the same fidelity."""
-        for t in trials:
-            if t.state not in (TrialState.COMPLETE, TrialState.PRUNED) or t.number == number:
-                continue
-            r = TrialRecord.from_trial(t)
-            if (r.arch_hash == digest and r.fidelity == self.spec.epochs
-                    and r.state in ("COMPLETE", "PRUNED")):
-                return t
-        return None
 
     def _reuse(self, trial, prior):
         pruned = prior.state == TrialState.PRUNED
@@ -208,9 +246,8 @@ class TrialRunner:
         def build():  # the trainer builds it on its device
             return family.build(config, data.num_classes, data.image_size,
                                 drop_path=spec.recipe_obj.drop_path)
-        checkpoint = self.checkpoints / f"{digest}-s{seed}.pt"
-        # a resumed trial (its checkpoint survived) continues its curve
-        curve = list(TrialRecord.from_trial(trial).curve) if checkpoint.exists() else []
+        checkpoint = self._checkpoint(digest, seed)
+        curve = list(self.resumed_curve)  # a resumed trial continues its whole curve
 
         def report(epoch: int, metrics: dict[str, float]) -> str:
             curve[:] = [c for c in curve if c["epoch"] < epoch]
@@ -237,6 +274,9 @@ class TrialRunner:
             raise TrialFailed(result.status)
         record.write(trial, **done, state="COMPLETE")
         return self._values(result.val_acc, costs)
+
+    def _checkpoint(self, digest: str, seed: int) -> Path:
+        return self.checkpoints / f"{digest}-s{seed}.pt"
 
     def _values(self, val_acc: float, costs: dict[str, float]) -> list[float]:
         return [val_acc if o.metric == "val_acc" else float(costs[o.metric])

@@ -8,9 +8,12 @@ from search.backends.runner import trial_seed
 from search.study.spec import StudySpec
 
 
-def make_sampler(spec: StudySpec, worker_index: int) -> optuna.samplers.BaseSampler:
-    # each worker gets its own stream, or parallel workers would propose the same configs
-    seed = trial_seed(spec.seed, 7919 * (worker_index + 1))
+def make_sampler(spec: StudySpec, worker_index: int,
+                 stream: int = 0) -> optuna.samplers.BaseSampler:
+    """Each worker gets its own stream, or parallel workers would propose the same configs;
+    `stream` (the trials the study had when the worker started) gives each start its own,
+    or a resumed study would replay the configs of its first run."""
+    seed = trial_seed(spec.seed, 7919 * (worker_index + 1) + 104_729 * stream)
     if spec.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
     if spec.sampler == "tpe":

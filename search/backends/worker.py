@@ -20,7 +20,7 @@ from pathlib import Path
 import optuna
 
 from search.backends.pruners import make_pruner, optuna_pruner
-from search.backends.runner import SurplusTrial, TrialFailed, TrialRunner
+from search.backends.runner import Discarded, TrialFailed, TrialRunner
 from search.backends.samplers import make_sampler
 from search.study.results import budget
 from search.study.spec import StudySpec
@@ -35,11 +35,15 @@ def run_worker(name: str, storage_url: str, *, device: str | None = None,
                worker_index: int = 0, workspace: str | Path | None = None,
                data: str | None = None, log=None, tracking_uri: str | None = None,
                spawned: bool = False) -> int:
-    """Run trials of study `name` until its budget is spent; returns how many it ran."""
+    """Run trials of study `name` until its budget is spent; returns how many it ran. A
+    worker `spawned` by a driver dies with it."""
+    parent = os.getppid() if spawned else None
+    if spawned:
+        die_with_parent()
     study, runner = make_runner(name, storage_url, device=device, worker_index=worker_index,
                                 workspace=workspace, data=data, log=log,
                                 tracking_uri=tracking_uri, spawned=spawned)
-    return run_trials(study, runner)
+    return run_trials(study, runner, parent)
 
 
 def make_runner(name: str, storage_url: str, *, device: str | None = None,
@@ -52,9 +56,12 @@ def make_runner(name: str, storage_url: str, *, device: str | None = None,
     from trainers.proxy import DeviceData, ProxyTrainer
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    spec = load_spec(load_study(name, storage_url))
+    first = load_study(name, storage_url)
+    spec = load_spec(first)
+    # a stream of its own per worker and per start: a re-run continues the search
+    stream = len(first.get_trials(deepcopy=False, states=_ASKED))
     study = load_study(name, storage_url, heartbeat=heartbeat, sampler=make_sampler(
-        spec, worker_index), pruner=optuna_pruner(spec))
+        spec, worker_index, stream), pruner=optuna_pruner(spec))
     workspace = workspace_dir(workspace)
     splits = study_splits(spec, workspace, data)
     trainer = ProxyTrainer(spec.recipe_obj, device=device)
@@ -75,23 +82,37 @@ def study_splits(spec: StudySpec, workspace: Path, data: str | None = None):
     return splits
 
 
-def run_trials(study: optuna.Study, runner: TrialRunner) -> int:
-    """The worker loop: one trial at a time until the study's budget is spent."""
-    ran = 0
+def run_trials(study: optuna.Study, runner: TrialRunner, parent: int | None = None) -> int:
+    """The worker loop: one trial at a time until the study's budget is spent, or every
+    architecture of the space is trained. With `parent` (the driver's pid) it also stops
+    when the driver is gone."""
+    ran = discarded = 0
     while True:
+        if parent is not None and os.getppid() != parent:
+            runner.log("the driver is gone: stopping")
+            return ran
         state = budget(study)
         if state.done:
+            if state.exhausted and state.finished < state.total:
+                runner.log(f"every architecture of the space ({state.claimed}) is trained: "
+                           f"the study ends with {state.finished} of {state.total} trials")
             return ran
-        if state.reserved >= state.total and not state.waiting:
-            # the rest of the budget is running elsewhere; wait, and retry trials whose
-            # worker died (their heartbeats stop and they are failed and queued again)
+        if (state.reserved >= state.total or state.space_full) and not state.waiting:
+            # the rest of the budget (or of the space) is running elsewhere; wait, and retry
+            # trials whose worker died (their heartbeats stop; failed and queued again)
             time.sleep(WAIT_SECONDS)
             optuna.storages.fail_stale_trials(study)
             continue
+        if discarded:  # twins of trials in flight, sampled in a row: let those progress
+            time.sleep(min(WAIT_SECONDS, 0.2 * discarded))
         runner.budget = state.total
-        study.optimize(runner, n_trials=1, catch=(TrialFailed, SurplusTrial),
+        study.optimize(runner, n_trials=1, catch=(TrialFailed, Discarded),
                        gc_after_trial=False)
+        discarded = discarded + 1 if runner.discarded else 0
         ran += 1
+
+
+_ASKED = tuple(s for s in optuna.trial.TrialState if s != optuna.trial.TrialState.WAITING)
 
 
 def open_runs(tracking_uri: str | None, study: str, storage_url: str, spawned: bool):
@@ -106,6 +127,20 @@ def open_runs(tracking_uri: str | None, study: str, storage_url: str, spawned: b
             f" not {tracking_uri.split('?')[0]}: its runs would stay on this machine; give "
             f"--tracking-uri http://HOST:5000 or --no-tracking")
     return StudyRuns(tracking_uri, study)
+
+
+def die_with_parent() -> None:
+    """Ask Linux to send this process SIGTERM (a clean stop: its trial is queued again) when
+    its parent dies, even by SIGKILL; elsewhere the worker loop's parent check stops it."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def install_signal_handlers() -> None:

@@ -197,10 +197,14 @@ def _status(args: argparse.Namespace) -> int:
     s = status(load_study(args.name, storage_url(args))).as_dict()
     if args.json:
         return print_json(s)
-    counts = "  ".join(f"{k.lower()} {v}" for k, v in s["counts"].items() if v)
+    counts = "  ".join(f"{k.lower()} {v}" for k, v in s["counts"].items()
+                       if v and k != "DISCARDED")  # asked, never run: not a trial's outcome
     hours = ", ".join(f"{v:.3f} {k}-hours" for k, v in s["device_hours"].items()) or "none"
-    eta = "done" if not s["eta_seconds"] else f"about {s['eta_seconds'] / 60:.1f} min"
-    print(f"{s['name']}: budget {s['budget']}  {counts}")
+    eta = ("done" if s["eta_seconds"] == 0 else "unknown" if s["eta_seconds"] is None
+           else f"about {s['eta_seconds'] / 60:.1f} min")
+    if s["exhausted"]:
+        eta = "done: every architecture of the space is trained"
+    print(f"{s['name']}: done {s['finished']}/{s['budget']}  {counts}")
     print(f"  front {s['front_size']}  hypervolume {s['hypervolume']:.4f}  compute {hours}  "
           f"ETA {eta}")
     return 0

@@ -10,13 +10,16 @@ All use of Optuna's private API lives here too, each with the public way as a fa
     `optuna.storages._rdb`, `Trial._cached_frozen_trial`); else one `set_user_attr` each;
   - `live_trial`: a `Trial` to write to by number (`optuna.Trial(study, trial_id)`);
   - `trial_id`: Optuna's storage id of a trial (`Trial._trial_id`);
-  - `system_attrs`: a live trial's system attributes as of `ask()` (the retry mark).
+  - `system_attrs`: a live trial's system attributes as of `ask()` (the retry mark);
+  - `claim_architecture`: one INSERT into Optuna's study-attribute table, whose unique key
+    makes the claim atomic across processes and hosts (`_study_id`, `_rdb.models`).
 tests/search/test_record.py fails when Optuna moves any of them (optuna is pinned < 6).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -30,7 +33,9 @@ class TrialRecord:
     """Everything patchnas records about one trial (Optuna user attributes, same names)."""
 
     number: int = -1  # Optuna's, not stored as an attribute
-    state: str | None = None  # patchnas's refinement of Optuna's: INFEASIBLE, REUSED, ...
+    # patchnas's refinement of Optuna's: INFEASIBLE, REUSED, DISCARDED (asked but never run:
+    # surplus to the budget, or a twin of an architecture in flight), ...
+    state: str | None = None
     reason: str | None = None  # why it failed, was pruned, or reused
     counted: bool = False  # a FAIL of its own (diverged, OOM, error): holds a budget slot
     family: str | None = None
@@ -50,6 +55,7 @@ class TrialRecord:
     retry_of: int | None = None  # the trial this one retries
     preset: str | None = None  # a warm start from this paper preset
     mlflow_run_id: str | None = None
+    worker: str | None = None  # HOST:PID of the process running it
     ray_attempt: int = 0  # how often Ray started the trial
 
     @classmethod
@@ -97,6 +103,8 @@ class StudyKey:
     BOUNDS = "patchnas.bounds"
     CONFIRM = "patchnas.confirm"  # + ".t0012": seed confirmations of trial 12
     FULL = "patchnas.full"  # + ".t0012": the full training of trial 12
+    SPACE_SIZE = "patchnas.space_size"  # how many architectures the space holds (None: inf)
+    CLAIM = "patchnas.claim"  # + ".<arch hash>.e<epochs>": the trial that trains it
 
 
 def read_json(study: optuna.Study, key: str, default: Any = None) -> Any:
@@ -108,12 +116,27 @@ def write_json(study: optuna.Study, key: str, value: Any) -> None:
     study.set_user_attr(key, json.dumps(value, sort_keys=True))
 
 
-def trial_budget(study: optuna.Study) -> int:
-    return study.user_attrs.get(StudyKey.BUDGET, 0)
+def trial_budget(study: optuna.Study, attrs: dict[str, Any] | None = None) -> int:
+    return (study.user_attrs if attrs is None else attrs).get(StudyKey.BUDGET, 0)
 
 
 def set_trial_budget(study: optuna.Study, n: int) -> None:
     study.set_user_attr(StudyKey.BUDGET, n)
+
+
+def space_size(study: optuna.Study, attrs: dict[str, Any] | None = None) -> float:
+    size = (study.user_attrs if attrs is None else attrs).get(StudyKey.SPACE_SIZE)
+    return math.inf if size is None else size
+
+
+def set_space_size(study: optuna.Study, size: float, only_if_unset: bool = False) -> None:
+    if not (only_if_unset and StudyKey.SPACE_SIZE in study.user_attrs):
+        study.set_user_attr(StudyKey.SPACE_SIZE, None if math.isinf(size) else int(size))
+
+
+def study_attrs(study: optuna.Study) -> dict[str, Any]:
+    """All of a study's attributes in one read (to pass to the readers above)."""
+    return study.user_attrs
 
 
 def _per_trial_key(kind: str, trial: int) -> str:
@@ -141,6 +164,52 @@ def record_confirmation(study: optuna.Study, trial: int, data: dict[str, Any]) -
 
 def record_full_result(study: optuna.Study, trial: int, data: dict[str, Any]) -> None:
     study.set_user_attr(_per_trial_key(StudyKey.FULL, trial), data)
+
+
+def claims(study: optuna.Study, attrs: dict[str, Any] | None = None) -> dict[str, int]:
+    """Architecture claims: "<arch hash>.e<epochs>" -> the (original) trial that trains it."""
+    prefix = StudyKey.CLAIM + "."
+    return {k[len(prefix):]: v for k, v in (study.user_attrs if attrs is None else attrs)
+            .items() if k.startswith(prefix)}
+
+
+def claim_architecture(study: optuna.Study, digest: str, fidelity: int, owner: int,
+                       replacing: int | None = None) -> int:
+    """Claim training `digest` at `fidelity` for trial `owner` (an original number); returns
+    the owner after the call: `owner` when the claim is ours, else the earlier claimant.
+    With `replacing`, take over a claim only if `replacing` still holds it.
+
+    On an RDB storage the claim is one INSERT (or one conditional UPDATE) on Optuna's
+    study-attribute table, whose unique (study, key) makes two processes racing for the same
+    architecture agree on one winner; elsewhere (in-memory studies: one process) a read
+    then a write."""
+    key = f"{StudyKey.CLAIM}.{digest}.e{fidelity}"
+    backend = getattr(study._storage, "_backend", study._storage)
+    if not isinstance(backend, optuna.storages.RDBStorage):
+        held = study.user_attrs.get(key)
+        if held is None or held == replacing:
+            study.set_user_attr(key, owner)
+            return owner
+        return held
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    table = models.StudyUserAttributeModel.__table__
+    where = (table.c.study_id == study._study_id) & (table.c.key == key)
+    try:
+        with _create_scoped_session(backend.scoped_session, True) as session:
+            if replacing is None:
+                session.execute(table.insert().values(study_id=study._study_id, key=key,
+                                                      value_json=json.dumps(owner)))
+            else:
+                session.execute(table.update().where(
+                    where & (table.c.value_json == json.dumps(replacing)))
+                    .values(value_json=json.dumps(owner)))
+    except sqlalchemy.exc.IntegrityError:
+        pass  # claimed by another trial first
+    with _create_scoped_session(backend.scoped_session) as session:
+        return json.loads(session.execute(sqlalchemy.select(table.c.value_json)
+                                          .where(where)).scalar_one())
 
 
 # --- Optuna's private API, with the public way as fallback -------------------------------

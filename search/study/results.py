@@ -3,6 +3,7 @@ status. One definition of "finished" serves the workers' budget and `status`'s E
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,23 +18,30 @@ from search.study.spec import StudySpec
 from search.study.storage import open_storage
 from search.study.studies import load_spec
 
-STATES = ("COMPLETE", "RUNNING", "PRUNED", "FAIL", "INFEASIBLE", "REUSED", "WAITING")
+STATES = ("COMPLETE", "RUNNING", "PRUNED", "FAIL", "INFEASIBLE", "REUSED", "WAITING",
+          "RETRIED", "DISCARDED")
+# trials that take no slot of the budget: a result reused from a twin, a trial lost with its
+# worker or interrupted (failed, and queued again), one asked but never run
+FREE = ("REUSED", "RETRIED", "DISCARDED")
 
 
 def state_of(t: FrozenTrial) -> str:
     """The patchnas state: Optuna's, refined by what the worker recorded."""
     if t.state in (TrialState.RUNNING, TrialState.WAITING):
         return t.state.name
-    tag = TrialRecord.from_trial(t).state
-    if tag in ("INFEASIBLE", "REUSED") or (tag and tag == t.state.name):
-        return tag
+    r = TrialRecord.from_trial(t)
+    if r.state in ("INFEASIBLE", "REUSED", "DISCARDED"):
+        return r.state
+    if t.state == TrialState.FAIL and not r.counted:
+        return "RETRIED"
     return t.state.name
 
 
 def holds_budget_slot(t: FrozenTrial) -> bool:
-    """Whether a trial holds a slot of the budget: all but the FAILs that are not its own
-    (lost with a worker or interrupted, and queued again; surplus)."""
-    return t.state != TrialState.FAIL or TrialRecord.from_trial(t).counted
+    """Whether a trial holds a slot of `--trials`: trained architectures (COMPLETE, PRUNED),
+    infeasible ones (sampled and refused, so an all-infeasible space still ends), failures
+    of their own (diverged, out of memory, error), and trials running or queued."""
+    return state_of(t) not in FREE
 
 
 @dataclass
@@ -42,6 +50,8 @@ class Budget:
     finished: int  # trials that hold a slot and are finished
     running: int
     waiting: int
+    claimed: int = 0  # architectures claimed for training
+    space_size: float = math.inf  # architectures in the space
 
     @property
     def reserved(self) -> int:
@@ -49,19 +59,31 @@ class Budget:
 
     @property
     def remaining(self) -> int:
-        return max(0, self.total - self.finished)
+        return 0 if self.exhausted else max(0, self.total - self.finished)
+
+    @property
+    def space_full(self) -> bool:
+        """Every architecture of the space is claimed: nothing new is left to train."""
+        return self.claimed >= self.space_size
+
+    @property
+    def exhausted(self) -> bool:
+        """The space is full and nothing runs or waits: it has been searched to the end."""
+        return self.space_full and not self.running and not self.waiting
 
     @property
     def done(self) -> bool:
-        return self.finished >= self.total
+        return self.finished >= self.total or self.exhausted
 
 
 def budget(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> Budget:
     trials = study.get_trials(deepcopy=False) if trials is None else trials
-    return Budget(record.trial_budget(study),
+    attrs = record.study_attrs(study)  # one read: the budget, the claims, the space's size
+    return Budget(record.trial_budget(study, attrs),
                   sum(1 for t in trials if holds_budget_slot(t) and t.state.is_finished()),
                   sum(1 for t in trials if t.state == TrialState.RUNNING),
-                  sum(1 for t in trials if t.state == TrialState.WAITING))
+                  sum(1 for t in trials if t.state == TrialState.WAITING),
+                  len(record.claims(study, attrs)), record.space_size(study, attrs))
 
 
 def front_trials(study: optuna.Study, spec: StudySpec) -> list[FrozenTrial]:
@@ -137,6 +159,8 @@ class Status:
     name: str
     counts: dict[str, int]
     budget: int
+    finished: int  # trials that took a slot of the budget and are done (<= budget)
+    exhausted: bool  # every architecture of the space trained before the budget ran out
     front_size: int
     hypervolume: float
     device_hours: dict[str, float]
@@ -163,7 +187,8 @@ def status(study: optuna.Study) -> Status:
     left = budget(study, trials)
     running = max(1, left.running)
     eta = (sum(durations) / len(durations) * left.remaining / running) if durations else None
-    return Status(study.study_name, counts, left.total, len(front),
+    return Status(study.study_name, counts, left.total, min(left.finished, left.total),
+                  left.exhausted, len(front),
                   hypervolume(study, spec, front), {k: round(v, 4) for k, v in hours.items()},
                   eta if left.remaining else 0.0)
 
@@ -179,8 +204,8 @@ def list_studies(storage_url: str) -> list[dict[str, Any]]:
             continue
         s = status(study)
         out.append({"name": summary.study_name, "families": list(spec.space.families),
-                    "objectives": [str(o) for o in spec.objectives], "trials": sum(
-                        s.counts.values()), "budget": s.budget, "front_size": s.front_size,
+                    "objectives": [str(o) for o in spec.objectives], "trials": s.finished,
+                    "budget": s.budget, "front_size": s.front_size,
                     "hypervolume": round(s.hypervolume, 4),
                     "created": summary.datetime_start.isoformat(timespec="seconds")
                     if summary.datetime_start else None})

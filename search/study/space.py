@@ -62,6 +62,10 @@ class SearchSpace:
         """How a family's params are named in Optuna: bare alone, `family.` among several."""
         return "" if len(self.families) == 1 else f"{family}."
 
+    def size(self) -> float:
+        """How many architectures the space holds (inf with a continuous param)."""
+        return sum(space.size() for space in self.spaces().values())
+
     def corners(self) -> list[tuple[Family, Any]]:
         return [(space.family, config) for space in self.spaces().values()
                 for config in space.corners()]

@@ -73,6 +73,8 @@ def create_or_resume(spec: StudySpec, storage_url: str, n_trials: int | None = N
                 f"{' and '.join(changed)}; results may not compare")
         if n_trials is not None and n_trials != record.trial_budget(study):
             record.set_trial_budget(study, n_trials)
+        # studies made before the size was kept learn it now
+        record.set_space_size(study, spec.space.size(), only_if_unset=True)
         return study
     bounds = spec.space.cost_bounds(spec.target_size, spec.target_classes)
     _check_feasible(spec, bounds)
@@ -83,6 +85,7 @@ def create_or_resume(spec: StudySpec, storage_url: str, n_trials: int | None = N
     record.write_json(study, StudyKey.PROVENANCE, provenance())
     record.write_json(study, StudyKey.BOUNDS, bounds)
     record.set_trial_budget(study, n_trials or DEFAULT_TRIALS)
+    record.set_space_size(study, spec.space.size())
     if seed_presets:
         enqueue_presets(study, spec)
     return study

@@ -16,7 +16,9 @@ def workspace_dir(given: str | Path | None = None) -> Path:
 
 
 def cache_dir(workspace: Path) -> Path:
-    return workspace / "cache"
+    """$PATCHNAS_CACHE (one decoded copy shared by several workspaces), else
+    <workspace>/cache. Entries are keyed by the data's content hash, so sharing is safe."""
+    return Path(os.environ.get("PATCHNAS_CACHE") or workspace / "cache").expanduser()
 
 
 def default_storage_url(workspace: Path) -> str:

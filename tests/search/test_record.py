@@ -2,6 +2,9 @@
 private API; these tests fail when Optuna moves what it relies on."""
 
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -69,3 +72,38 @@ def test_no_attribute_key_or_private_api_outside_the_record_module():
             if pattern.search(line):
                 offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+CLAIMANT = """
+import sys, time, optuna
+from pathlib import Path
+from search.study import record
+url, me, go = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+study = optuna.load_study(study_name="race", storage=url)
+while not go.exists():
+    time.sleep(0.005)
+print(record.claim_architecture(study, "abc123", 2, me))
+"""
+
+
+def test_racing_processes_agree_on_one_claimant(tmp_path):
+    url = f"sqlite:///{tmp_path}/race.db"
+    optuna.create_study(study_name="race", storage=url)
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", CLAIMANT, url, str(i), str(go)],
+                              stdout=subprocess.PIPE, text=True, cwd=ROOT) for i in range(6)]
+    time.sleep(3)  # every claimant is waiting at the line
+    go.touch()
+    owners = {int(p.communicate(timeout=60)[0]) for p in procs}
+    assert len(owners) == 1 and owners <= set(range(6))
+    study = optuna.load_study(study_name="race", storage=url)
+    assert record.claims(study) == {"abc123.e2": owners.pop()}
+
+
+def test_a_claim_is_taken_over_only_from_the_claimant_named():
+    study = _study()
+    assert record.claim_architecture(study, "h", 2, 3) == 3
+    assert record.claim_architecture(study, "h", 2, 5) == 3  # held
+    assert record.claim_architecture(study, "h", 2, 5, replacing=4) == 3  # not 4's to give
+    assert record.claim_architecture(study, "h", 2, 5, replacing=3) == 5
+    assert record.claim_architecture(study, "h", 3, 7) == 7  # another fidelity, another claim

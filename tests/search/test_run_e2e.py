@@ -55,17 +55,49 @@ def test_issue_check_two_workers_on_real_data(cifar, tmp_path):
     assert json.loads(status.stdout)["front_size"] == len(front)
 
 
+def test_twins_are_never_trained_twice_and_a_small_space_ends_when_searched(cifar,
+                                                                             tmp_path):
+    # 4 architectures (h x act) for a budget of 6: with 2 workers, twins are sampled often
+    cmd = [PATCHNAS, "search", "run", "--name", "twins", "--family", "convmixer", "--set",
+           "h=64..96:32", "d=2", "p=4", "k=3", "--trials", "6", "--epochs", "1",
+           "--subset", "1000", "--val-size", "500", "--workers", "2", "--device", "cpu",
+           "--sampler", "random", "--data", str(CIFAR_ARCHIVE)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env_for(tmp_path),
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "every architecture of the space" in out.stderr
+    ts = trials(tmp_path, "twins")
+    trained = [t for t in ts if t.user_attrs.get("seconds") is not None]
+    hashes = [t.user_attrs["arch_hash"] for t in trained]
+    assert len(hashes) == len(set(hashes)) == 4, hashes  # each trained exactly once
+    study = optuna.load_study(study_name="twins", storage=f"sqlite:///{tmp_path}/optuna.db")
+    best = {}  # Optuna's best trials, one per architecture (its best)
+    for t in study.best_trials:
+        h = t.user_attrs["arch_hash"]
+        if h not in best or t.values[0] > best[h].values[0]:
+            best[h] = t
+    front = json.loads(subprocess.run([PATCHNAS, "search", "pareto", "twins", "--json"],
+                                      capture_output=True, text=True,
+                                      env=env_for(tmp_path)).stdout)
+    assert {m["arch_hash"] for m in front} == set(best)
+    assert {m["trial"] for m in front} <= {t.number for t in trained}
+    status = json.loads(subprocess.run([PATCHNAS, "search", "status", "twins", "--json"],
+                                       capture_output=True, text=True,
+                                       env=env_for(tmp_path)).stdout)
+    assert status["finished"] == 4 and status["exhausted"] and status["eta_seconds"] == 0
+
+
 def _started(workspace, name):
     return any(t.state == TrialState.RUNNING and t.user_attrs.get("curve")
                for t in trials(workspace, name))
 
 
-def _start_long_study(workspace, name):
-    """Start a study of 4 trials x 4 epochs and wait until a trial is training."""
+def _start_long_study(workspace, name, stderr=subprocess.PIPE):
+    """Start a study of 4 trials x 3 epochs and wait until a trial is training."""
     cmd = [PATCHNAS, "search", "run", "--name", name, *SPACE, "--trials", "4", "--epochs",
-           "4", "--subset", "3000", "--val-size", "1000", "--workers", "2", "--device",
+           "3", "--subset", "2000", "--val-size", "500", "--workers", "2", "--device",
            "cpu", "--pruner", "none", "--data", str(CIFAR_ARCHIVE)]
-    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True,
                            env=env_for(workspace))
     assert wait_for(lambda: _started(workspace, name), 120, ignore=(KeyError,))
     return cmd, run
@@ -83,27 +115,63 @@ def _resume_and_check(cmd, workspace, name, completed_before):
     return ts
 
 
-def test_kill_9_of_a_worker_mid_trial_then_resume(cifar, tmp_path):
+def test_a_worker_killed_by_the_os_is_reported_requeued_and_replaced(cifar, tmp_path):
     name = "killed"
-    cmd, run = _start_long_study(tmp_path, name)
-    victims = worker_pids(name)
-    assert len(victims) == 2
-    os.kill(victims[0], signal.SIGKILL)
-    completed_then = sum(t.state == TrialState.COMPLETE for t in trials(tmp_path, name))
-    out, err = run.communicate(timeout=300)
-    assert run.returncode == 0, err
+    log = tmp_path / "driver.log"
+    with open(log, "w") as err:
+        _, run = _start_long_study(tmp_path, name, stderr=err)
+        assert len(worker_pids(name)) == 2
+        # the worker of a trial that has trained an epoch (so its checkpoint is on disk)
+        victim_trial = next(t for t in trials(tmp_path, name) if t.state == TrialState.RUNNING
+                            and t.user_attrs.get("curve"))
+        victim = int(victim_trial.user_attrs["worker"].rpartition(":")[2])
+        assert victim in worker_pids(name)
+        os.kill(victim, signal.SIGKILL)
+        killed = time.monotonic()
+        wait_for(lambda: "killed by signal 9" in log.read_text(), 5,
+                 "the driver's report of the killed worker")
+        assert time.monotonic() - killed < 5
+        report = log.read_text()
+        assert "likely out of memory" in report
+        assert f"trial {victim_trial.number} is queued again" in report
+        wait_for(lambda: "started a new worker 0" in log.read_text(), 5, "a replacement")
+        # the replacement (or the other worker) picks the retry up at once, no heartbeat wait
+        wait_for(lambda: len(worker_pids(name)) == 2, 10, "two workers again")
+        run.communicate(timeout=300)
+    assert run.returncode == 0, log.read_text()
     ts = trials(tmp_path, name)
     assert not [t for t in ts if t.state == TrialState.RUNNING]
-    lost = [t for t in ts if t.state == TrialState.FAIL]
-    assert lost, "the killed worker's trial is failed by its stale heartbeat"
-    retried = [t for t in ts if t.system_attrs.get("failed_trial") is not None]
-    assert retried and all(t.state != TrialState.FAIL for t in retried)
-    _resume_and_check(cmd, tmp_path, name, completed_then)
+    assert ts[victim_trial.number].user_attrs["reason"].startswith("its worker died")
+    retry = next(t for t in ts if t.user_attrs.get("retry_of") == victim_trial.number)
+    assert retry.state == TrialState.COMPLETE
+    # the retry resumed from the checkpoint, and its curve still holds every epoch
+    assert [c["epoch"] for c in retry.user_attrs["curve"]] == [1, 2, 3]
+    done = [t for t in ts if t.state == TrialState.COMPLETE]
+    assert len(done) == 4
+    from mlflow import MlflowClient
+
+    from search.study.workspace import default_tracking_uri
+
+    client = MlflowClient(tracking_uri=default_tracking_uri(tmp_path))
+    run_of_retry = client.get_run(retry.user_attrs["mlflow_run_id"])
+    assert run_of_retry.info.run_id != victim_trial.user_attrs["mlflow_run_id"]
+    assert run_of_retry.info.run_name.startswith(f"t{retry.number:04d} ")
+    assert run_of_retry.data.tags["retry_of"] == str(victim_trial.number)
+    steps = client.get_metric_history(run_of_retry.info.run_id, "val_acc")
+    assert sorted(m.step for m in steps) == [1, 2, 3]
+    listing = subprocess.run([PATCHNAS, "search", "list", "--json"], capture_output=True,
+                             text=True, env=env_for(tmp_path))
+    assert json.loads(listing.stdout)[0]["trials"] == 4  # retries are not counted twice
 
 
 def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(cifar, tmp_path):
     name = "interrupted"
     cmd, run = _start_long_study(tmp_path, name)
+    # a second driver of the same study is refused while the first one's workers live
+    twice = subprocess.run(cmd, capture_output=True, text=True, env=env_for(tmp_path),
+                           timeout=120)
+    assert twice.returncode == 2 and "already has 2 worker(s) running" in twice.stderr
+    assert len(twice.stderr.strip().splitlines()) == 1
     completed_then = sum(t.state == TrialState.COMPLETE for t in trials(tmp_path, name))
     run.send_signal(signal.SIGINT)
     _, err = run.communicate(timeout=120)
@@ -113,3 +181,39 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(cifar, tmp_path):
     assert not [t for t in ts if t.state == TrialState.RUNNING]
     assert [t for t in ts if t.state == TrialState.WAITING]  # queued again
     _resume_and_check(cmd, tmp_path, name, completed_then)
+
+
+def test_sigterm_of_the_driver_stops_it_like_ctrl_c(cifar, tmp_path):
+    name = "terminated"
+    _, run = _start_long_study(tmp_path, name)
+    run.send_signal(signal.SIGTERM)
+    stopped = time.monotonic()
+    _, err = run.communicate(timeout=30)
+    assert run.returncode == 130 and "interrupted" in err, err
+    wait_for(lambda: not worker_pids(name), 10 - (time.monotonic() - stopped),
+             "no worker left")
+    ts = trials(tmp_path, name)
+    assert not [t for t in ts if t.state == TrialState.RUNNING]
+    assert [t for t in ts if t.state == TrialState.WAITING]  # queued again
+    from mlflow import MlflowClient
+
+    from search.study.workspace import default_tracking_uri
+
+    client = MlflowClient(tracking_uri=default_tracking_uri(tmp_path))
+    experiment = client.get_experiment_by_name(name)
+    parent = client.search_runs([experiment.experiment_id],
+                                filter_string="tags.`patchnas.role` = 'study'")[0]
+    assert parent.info.status == "KILLED"
+
+
+def test_workers_die_with_a_killed_driver(cifar, tmp_path):
+    name = "orphaned"
+    _, run = _start_long_study(tmp_path, name)
+    assert len(worker_pids(name)) == 2
+    run.kill()  # SIGKILL: the driver cannot stop anything itself
+    run.communicate(timeout=30)
+    wait_for(lambda: not worker_pids(name), 10, "the workers to die with their driver")
+    # they stopped cleanly: their trials are queued again, none left RUNNING
+    wait_for(lambda: not [t for t in trials(tmp_path, name) if t.state == TrialState.RUNNING],
+             10, "no RUNNING trial")
+    assert [t for t in trials(tmp_path, name) if t.state == TrialState.WAITING]

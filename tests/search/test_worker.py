@@ -25,12 +25,15 @@ def make_study(tmp_path, data, n, name="w", **changes):
 
 def test_worker_runs_exactly_the_budget_and_records_curves(tmp_path, tiny_data):
     url, ws = make_study(tmp_path, tiny_data, 5, pruner="none")
-    assert run_worker("w", url, device="cpu", workspace=ws) == 5
+    ran = run_worker("w", url, device="cpu", workspace=ws)
     study = load_study("w", url)
     trials = study.get_trials()
-    assert len(trials) == 5 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert len(trials) == ran and all(t.state == TrialState.COMPLETE for t in trials)
+    # --trials counts trained architectures: five distinct ones (twins are reused, free)
     trained = [t for t in trials if state_of(t) == "COMPLETE"]
-    assert trained and all(state_of(t) in ("COMPLETE", "REUSED") for t in trials)
+    assert len({TrialRecord.from_trial(t).arch_hash for t in trained}) == len(trained) == 5
+    assert all(state_of(t) in ("COMPLETE", "REUSED") for t in trials)
+    assert status(study).finished == 5
     for t in trained:
         r = TrialRecord.from_trial(t)
         assert [c["epoch"] for c in r.curve] == [1, 2]
@@ -61,20 +64,35 @@ def test_infeasible_configs_are_never_trained_and_never_on_the_front(tmp_path, t
     assert {m["trial"] for m in pareto(study)} <= {t.number for t in feasible}
 
 
-def test_the_same_architecture_is_trained_once_and_listed_once(tmp_path, tiny_data):
+def test_a_trained_architecture_is_reused_free_and_listed_once(tmp_path, tiny_data):
+    url, ws = make_study(tmp_path, tiny_data, 2, overrides={"h": "32,48", "d": "1", "p": "4",
+                                                             "k": "3", "act": "gelu"},
+                         pruner="none")
+    study = load_study("w", url)
+    for h in (32, 32, 48):  # a twin of the first, queued before the second architecture
+        study.enqueue_trial({"h": h})
+    run_worker("w", url, device="cpu", workspace=ws)
+    trials = load_study("w", url).trials
+    assert [state_of(t) for t in trials] == ["COMPLETE", "REUSED", "COMPLETE"]
+    original, twin = trials[0], trials[1]
+    r = TrialRecord.from_trial(twin)
+    assert r.reused_from == original.number and r.seconds is None
+    assert twin.values == original.values
+    assert status(load_study("w", url)).finished == 2  # the reuse took no slot
+    assert sorted(m["trial"] for m in pareto(load_study("w", url))) in ([0], [0, 2], [2])
+
+
+def test_a_space_smaller_than_the_budget_ends_when_each_architecture_is_trained(
+        tmp_path, tiny_data, capfd):
     url, ws = make_study(tmp_path, tiny_data, 3, overrides={"h": "32", "d": "1", "p": "4",
                                                              "k": "3", "act": "gelu"},
                          pruner="none")
     run_worker("w", url, device="cpu", workspace=ws)
     study = load_study("w", url)
-    states = [state_of(t) for t in study.trials]
-    assert states.count("COMPLETE") == 1 and states.count("REUSED") == 2
-    original = next(t for t in study.trials if state_of(t) == "COMPLETE")
-    for t in study.trials:
-        if state_of(t) == "REUSED":
-            assert t.user_attrs["reused_from"] == original.number
-            assert t.values == original.values and "seconds" not in t.user_attrs
-    assert [m["trial"] for m in pareto(study)] == [original.number]
+    assert [state_of(t) for t in study.trials] == ["COMPLETE"]
+    s = status(study)
+    assert s.exhausted and s.finished == 1 and s.eta_seconds == 0.0
+    assert "every architecture of the space (1) is trained" in capfd.readouterr().err
 
 
 def test_a_diverging_trial_is_recorded_with_its_reason_and_the_study_goes_on(tmp_path,
@@ -116,3 +134,4 @@ def test_single_objective_studies_use_optuna_pruners(tmp_path, tiny_data, sample
         curve = TrialRecord.from_trial(t).curve
         assert t.intermediate_values == {c["epoch"]: c["val_acc"] for c in curve}
     assert study.best_trial.value == max(t.value for t in trained if t.value is not None)
+
