@@ -9,6 +9,7 @@ process that runs the study keeps the parent and reconciles the children with th
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Iterable, Mapping
@@ -33,6 +34,9 @@ def is_local(uri: str) -> bool:
 
 class StudyRuns:
     def __init__(self, uri: str, study: str):
+        # MLflow retries a silent server for minutes by default; a study fails within seconds
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         self.client = MlflowClient(tracking_uri=uri)
         self.study = study
         found = self.client.get_experiment_by_name(study)

@@ -3,8 +3,22 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
+
+
+class PortBusy(Exception):
+    """The UI's port is taken."""
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def ui_command(uri: str, port: int, host: str = "127.0.0.1") -> list[str]:
@@ -14,6 +28,9 @@ def ui_command(uri: str, port: int, host: str = "127.0.0.1") -> list[str]:
 
 def serve(uri: str, port: int, host: str = "127.0.0.1", log=print) -> int:
     """Run the UI until Ctrl-C; returns the server's exit code."""
+    if not port_is_free(host, port):
+        raise PortBusy(f"port {port} on {host} is in use (another MLflow UI?); give --port "
+                       f"with a free one, or open the UI already there")
     log(f"MLflow UI: http://{host}:{port}  (Ctrl-C stops it)")
     server = subprocess.Popen(ui_command(uri, port, host))
 

@@ -207,8 +207,8 @@ class FullTrainer:
         if precision not in ("bf16", "fp16", "fp32"):
             raise UserError(f"--precision {precision}: choose bf16, fp16 or fp32")
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        self.epochs = options.epochs or self.recipe.epochs
-        self.batch = options.batch_size or self.recipe.batch_size
+        self.epochs = self.recipe.epochs if options.epochs is None else options.epochs
+        self.batch = self.recipe.batch_size if options.batch_size is None else options.batch_size
         if self.epochs < 1 or self.batch < 1:
             raise UserError("--epochs and --batch-size must be at least 1")
         if self.batch % procs.world:
@@ -222,7 +222,8 @@ class FullTrainer:
             raise UserError(f"{options.data}/train has {len(self.train_set)} images, fewer "
                             f"than one batch of {self.batch}; lower --batch-size")
         planned = self.sampler.steps_per_epoch * self.epochs
-        self.total_steps = min(planned, options.max_steps) if options.max_steps else planned
+        self.total_steps = planned if options.max_steps is None else min(planned,
+                                                                      options.max_steps)
         self.completed_schedule = self.total_steps == planned
         self._build()
 

@@ -67,8 +67,8 @@ def worker_slots(options: RunOptions) -> list[dict[str, str]]:
             raise UserError("--trials-per-gpu must be at least 1")
         slots = [{"device": "cuda", "CUDA_VISIBLE_DEVICES": str(g)} for g in gpus
                  for _ in range(options.trials_per_gpu)]
-        return slots[: options.workers] if options.workers else slots
-    workers = options.workers or 1
+        return slots if options.workers is None else slots[: options.workers]
+    workers = 1 if options.workers is None else options.workers
     if workers < 1:
         raise UserError("--workers must be at least 1")
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -95,7 +95,7 @@ class Supervisor:
         for i in range(len(self.slots)):
             self._start(i)
         timeout = self.job.options.timeout
-        deadline = time.monotonic() + timeout if timeout else None
+        deadline = None if timeout is None else time.monotonic() + timeout
         # Ctrl-C and SIGTERM set a flag: a KeyboardInterrupt raised inside a garbage-
         # collection callback (SQLAlchemy has some) would be swallowed and the stop lost
         stop = threading.Event()

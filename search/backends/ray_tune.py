@@ -38,6 +38,7 @@ from search.backends.runner import Discarded, TrialFailed, queue_again
 from search.backends.samplers import make_sampler
 from search.backends.worker import make_runner
 from search.study import record
+from search.study.reach import check_reachable
 from search.study.record import TrialRecord, live_trial
 from search.study.results import budget
 from search.study.spec import StudySpec
@@ -206,6 +207,9 @@ class RayBackend(Backend):
         from search.backends.local import worker_slots
 
         worker_slots(options)  # the same device flags are refused the same way
+        if options.ray_address:  # ray.init waits minutes for a head that is not there
+            check_reachable(options.ray_address, "the Ray cluster", "start it with `ray start "
+                            "--head` or give the right --ray-address", default_port=6379)
         return f"Ray Tune at {options.ray_address or 'a local instance'}"
 
     def run(self, job: SearchJob) -> int:
@@ -301,9 +305,10 @@ def _tuner(spec: StudySpec, workspace: Path, data: str, options, tracking_uri, t
         raise UserError("--device cuda, but the Ray cluster has no GPU; use --device cpu")
     if gpus:
         per_trial = {"cpu": 1, "gpu": 1 / max(1, options.trials_per_gpu)}
-        concurrency = options.workers or int(gpus * max(1, options.trials_per_gpu))
+        concurrency = (options.workers if options.workers is not None
+                       else int(gpus * max(1, options.trials_per_gpu)))
     else:
-        concurrency = options.workers or 1
+        concurrency = 1 if options.workers is None else options.workers
         per_trial = {"cpu": max(1, int(resources.get("CPU", 1)) // concurrency)}
     trainable = tune.with_resources(
         tune.with_parameters(ray_trial, name=spec.name, workspace=str(workspace), data=data,

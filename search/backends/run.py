@@ -15,6 +15,7 @@ from search.backends import get_backend
 from search.backends.base import RunOptions, SearchJob
 from search.backends.review import Progress
 from search.study import record
+from search.study.reach import check_tracking
 from search.study.results import pareto, status
 from search.study.settings import TRACKING_OFF, storage_url, tracking_uri
 from search.study.spec import StudySpec, build_spec
@@ -28,7 +29,7 @@ def run_search(name: str, given: dict[str, Any], options: RunOptions, log=None) 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     workspace = workspace_dir(options.workspace)
     url = storage_url(options.storage, workspace)
-    stored = find_spec(name, url)  # also creates the database, before any worker starts
+    stored = find_spec(name, url)
     data = str(resolve_data(options.data or (stored.data if stored else None), workspace,
                             download=False).resolve())
     spec = build_spec(name, given, stored, data)
@@ -37,9 +38,12 @@ def run_search(name: str, given: dict[str, Any], options: RunOptions, log=None) 
     spec = replace(spec, data_hash=splits.content_hash)
     backend = get_backend(options.backend)
     where = backend.check(name, options)  # refused before anything is stored
+    uri = tracking_uri(options.tracking_uri, workspace, off=not options.tracking)
+    if uri is not None:
+        check_tracking(uri)
     study = create_or_resume(spec, url, options.trials, seed_presets=options.seed_presets,
                              log=log)
-    runs, uri = _start_tracking(spec, workspace, options)
+    runs = _start_tracking(spec, uri)
     log(f"study {name}: {record.trial_budget(study)} trials, {where}; storage {redact(url)}"
         + (f"; MLflow {redact(uri.split('?')[0])}" if runs else ""))
     options.env.update(PATCHNAS_TRACKING_URI=uri or TRACKING_OFF, PATCHNAS_SPAWNED="1")
@@ -52,14 +56,13 @@ def run_search(name: str, given: dict[str, Any], options: RunOptions, log=None) 
     return {"status": status(study).as_dict(), "front": pareto(study)}
 
 
-def _start_tracking(spec: StudySpec, workspace, options: RunOptions):
-    """The study's MLflow runs (created here, before any worker starts), and their URI."""
-    uri = tracking_uri(options.tracking_uri, workspace, off=not options.tracking)
+def _start_tracking(spec: StudySpec, uri: str | None):
+    """The study's MLflow runs (created here, before any worker starts), or None."""
     if uri is None:
-        return None, None
+        return None
     from tracking.runs import StudyRuns
 
     runs = StudyRuns(uri, spec.name)
     params = {k: v for k, v in spec.to_dict().items() if k not in ("name", "data")}
     runs.start_study(params, {"study": spec.name, "data": spec.data})
-    return runs, uri
+    return runs

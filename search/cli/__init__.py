@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
 from search.cli import promote_cmd, search_cmd, spaces_cmd, train_cmd, ui_cmd
+from search.cli.common import Parser
 from spaces.errors import UserError
 
 EXIT_USER_ERROR = 2
@@ -27,7 +28,7 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="patchnas",
         description="Multi-objective architecture search for ConvMixer, ConvMLP and CoAtNet.")
     parser.add_argument("--version", action="version", version=f"patchnas {_version()}")

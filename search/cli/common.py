@@ -14,6 +14,34 @@ from typing import Any
 from search.study import settings
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a wrong flag is one line (with where to read more), not usage + error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def at_least(low: float, kind: type = int, above: bool = False):
+    """An argparse type: a number of `kind` that is `low` or more (more than `low`, with
+    `above`). 0 is a value, not "unset": refused where it makes no sense, never replaced."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            noun = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+        if value < low or (above and value == low):
+            wanted = f"more than {low:g}" if above else f"{low:g} or more"
+            raise argparse.ArgumentTypeError(f"{text} is not allowed here; give {wanted}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+COUNT = at_least(1)  # trials, epochs, workers, images, batch sizes
+SECONDS = POSITIVE = at_least(0, float, above=True)  # timeouts, limits, learning rates
+
+
 class _SetAction(argparse.Action):
     """`--set h=64 d=2` and `--set h=64 --set d=2` both append to one list."""
 
@@ -51,8 +79,8 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
                              "<workspace>/data/cifar10, downloaded there when online)")
     parser.add_argument("--download", action="store_true",
                         help="download CIFAR-10 to --data if it is missing (needs internet)")
-    parser.add_argument("--subset", type=int, metavar="N", help="train on N images only")
-    parser.add_argument("--val-size", type=int, default=5000,
+    parser.add_argument("--subset", type=COUNT, metavar="N", help="train on N images only")
+    parser.add_argument("--val-size", type=COUNT, default=5000,
                         help="held-out validation images from the train set")
     add_workspace_flag(parser)
 

@@ -7,8 +7,10 @@ import argparse
 from pathlib import Path
 
 from search.cli.common import (
+    COUNT,
     add_storage_flags,
     add_tracking_flags,
+    at_least,
     print_json,
     storage_url,
     tracking_uri,
@@ -20,9 +22,9 @@ def _selection_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--select", default="pareto",
                         help="pareto (default), knee, top-k:N, best-under:params=5e6")
     parser.add_argument("--out", metavar="DIR", help="default: <workspace>/exports/<study>")
-    parser.add_argument("--target-size", type=int,
+    parser.add_argument("--target-size", type=COUNT,
                         help="image size of the exported models (default: the study's, 224)")
-    parser.add_argument("--confirm-seeds", type=int, default=0, metavar="N",
+    parser.add_argument("--confirm-seeds", type=at_least(0), default=0, metavar="N",
                         help="re-run the selected proxy configs with N more seeds first; "
                              "select on the means")
     parser.add_argument("--proxy-data", metavar="PATH",
@@ -50,10 +52,10 @@ def add_commands(commands) -> None:
                      help="the ImageNet-layout folder to train on")
     pro.add_argument("--dry-run", action="store_true",
                      help="print what would run; write and run nothing")
-    pro.add_argument("--nproc-per-node", type=int, default=1, help="for --launch torchrun")
-    pro.add_argument("--epochs", type=int)
-    pro.add_argument("--max-steps", type=int)
-    pro.add_argument("--batch-size", type=int)
+    pro.add_argument("--nproc-per-node", type=COUNT, default=1, help="for --launch torchrun")
+    pro.add_argument("--epochs", type=COUNT)
+    pro.add_argument("--max-steps", type=COUNT)
+    pro.add_argument("--batch-size", type=COUNT)
     add_tracking_flags(pro)
     pro.add_argument("--json", action="store_true", help="print one JSON document")
     pro.set_defaults(run=_promote)

@@ -9,9 +9,13 @@ from typing import Any
 
 from search.backends import BACKENDS
 from search.cli.common import (
+    COUNT,
+    POSITIVE,
+    SECONDS,
     add_set_flag,
     add_storage_flags,
     add_tracking_flags,
+    at_least,
     print_front,
     print_json,
     storage_url,
@@ -42,28 +46,29 @@ def add_commands(commands):
     run.add_argument("--space", metavar="FILE", help="a YAML file of NAME: SPEC")
     run.add_argument("--objectives", help="default val_acc:max,params:min; also macs:min, "
                                           "latency_ms:min")
-    run.add_argument("--trials", type=int, help="the study's trial budget (default 10)")
-    run.add_argument("--timeout", type=float, metavar="SECONDS")
-    run.add_argument("--epochs", type=int, help="epochs per trial (the maximum fidelity)")
-    run.add_argument("--min-epochs", type=int, help="first pruning rung (default 1)")
-    run.add_argument("--eta", type=int, help="keep 1/eta at each rung (default 3)")
+    run.add_argument("--trials", type=COUNT, help="the study's trial budget (default 10)")
+    run.add_argument("--timeout", type=SECONDS, metavar="SECONDS")
+    run.add_argument("--epochs", type=COUNT, help="epochs per trial (the maximum fidelity)")
+    run.add_argument("--min-epochs", type=COUNT, help="first pruning rung (default 1)")
+    run.add_argument("--eta", type=at_least(2), help="keep 1/eta at each rung (default 3)")
     run.add_argument("--sampler", choices=SAMPLERS)
     run.add_argument("--pruner", choices=PRUNERS)
-    run.add_argument("--max-params", type=float)
-    run.add_argument("--max-macs", type=float)
-    run.add_argument("--max-latency-ms", type=float)
+    run.add_argument("--max-params", type=POSITIVE)
+    run.add_argument("--max-macs", type=POSITIVE)
+    run.add_argument("--max-latency-ms", type=POSITIVE)
     run.add_argument("--seed", type=int)
-    run.add_argument("--target-size", type=int, help="image size the costs are counted at "
+    run.add_argument("--target-size", type=COUNT, help="image size the costs are counted at "
                                                      "(default 224)")
-    run.add_argument("--target-classes", type=int, help="classes of the target (default 1000)")
+    run.add_argument("--target-classes", type=at_least(2),
+                     help="classes of the target (default 1000)")
     add_storage_flags(run)
-    run.add_argument("--workers", type=int, help="trials at once")
+    run.add_argument("--workers", type=COUNT, help="trials at once")
     run.add_argument("--gpus", help="GPU indices, e.g. 0,1")
-    run.add_argument("--trials-per-gpu", type=int)
+    run.add_argument("--trials-per-gpu", type=COUNT)
     run.add_argument("--device", choices=("cuda", "cpu"))
     run.add_argument("--data", metavar="PATH")
-    run.add_argument("--subset", type=int, metavar="N", help="train on N images per trial")
-    run.add_argument("--val-size", type=int)
+    run.add_argument("--subset", type=COUNT, metavar="N", help="train on N images per trial")
+    run.add_argument("--val-size", type=COUNT)
     run.add_argument("--backend", choices=tuple(BACKENDS),
                      help="who schedules the trials: worker processes (optuna, default) or "
                           "Ray Tune")
@@ -84,7 +89,7 @@ def add_commands(commands):
     add_storage_flags(worker)
     worker.add_argument("--device", choices=("cuda", "cpu"))
     worker.add_argument("--data", metavar="PATH", help="this host's copy of the study's data")
-    worker.add_argument("--worker-index", type=int, default=None,
+    worker.add_argument("--worker-index", type=at_least(0), default=None,
                         help="seeds this worker's sampler stream (default: from the pid)")
     add_tracking_flags(worker)
     worker.set_defaults(run=_worker)
@@ -117,6 +122,11 @@ def _load_config(path: str | None) -> dict[str, Any]:
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 
+def _given(value, default):
+    """`value` unless it is unset (None): 0 is a value."""
+    return default if value is None else value
+
+
 def _run(args: argparse.Namespace) -> int:
     from search.backends.base import RunOptions
     from search.backends.run import run_search
@@ -146,7 +156,7 @@ def _run(args: argparse.Namespace) -> int:
         except ValueError:
             raise UserError(f"--gpus {gpus}: give GPU indices such as 0,1") from None
     options = RunOptions(trials=s["trials"], timeout=s["timeout"], workers=s["workers"],
-                         gpus=gpus, trials_per_gpu=s["trials_per_gpu"] or 1,
+                         gpus=gpus, trials_per_gpu=_given(s["trials_per_gpu"], 1),
                          device=s["device"], storage=s["storage"], workspace=s["workspace"],
                          data=s["data"], seed_presets=bool(s["seed_presets"]),
                          tracking=not s["no_tracking"], tracking_uri=s["tracking_uri"],

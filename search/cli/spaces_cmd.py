@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from search.cli.common import add_model_flags, print_json
+from search.cli.common import COUNT, add_model_flags, at_least, print_json
 
 
 def add_commands(commands) -> None:
@@ -17,9 +17,9 @@ def add_commands(commands) -> None:
     show = sub.add_parser(
         "show", help="one model: config, params and MACs at the target size and at 32 px")
     add_model_flags(show)
-    show.add_argument("--image-size", type=int,
+    show.add_argument("--image-size", type=COUNT,
                       help="target image size (a preset's native size, else 224)")
-    show.add_argument("--num-classes", type=int,
+    show.add_argument("--num-classes", type=at_least(2),
                       help="target classes (a preset's own, else 1000)")
     show.add_argument("--json", action="store_true", help="print one JSON document")
     show.set_defaults(run=_show)

@@ -7,10 +7,13 @@ import sys
 from pathlib import Path
 
 from search.cli.common import (
+    COUNT,
+    POSITIVE,
     add_data_flags,
     add_model_flags,
     add_storage_flags,
     add_tracking_flags,
+    at_least,
     print_json,
     storage_url,
     tracking_uri,
@@ -31,15 +34,15 @@ def _add_proxy(train_sub) -> None:
     proxy = train_sub.add_parser(
         "proxy", help="a short CIFAR-10 proxy run of a preset (as its 32 px proxy) or a config")
     add_model_flags(proxy)
-    proxy.add_argument("--epochs", type=int, default=10)
-    proxy.add_argument("--batch-size", type=int, default=Recipe.batch_size)
-    proxy.add_argument("--lr", type=float, default=Recipe.lr, help="peak learning rate")
-    proxy.add_argument("--weight-decay", type=float, default=Recipe.weight_decay)
+    proxy.add_argument("--epochs", type=COUNT, default=10)
+    proxy.add_argument("--batch-size", type=COUNT, default=Recipe.batch_size)
+    proxy.add_argument("--lr", type=POSITIVE, default=Recipe.lr, help="peak learning rate")
+    proxy.add_argument("--weight-decay", type=at_least(0, float), default=Recipe.weight_decay)
     proxy.add_argument("--schedule", choices=SCHEDULES, default=Recipe.schedule)
-    proxy.add_argument("--label-smoothing", type=float, default=Recipe.label_smoothing)
-    proxy.add_argument("--cutout", type=int, default=Recipe.cutout, metavar="SIZE",
+    proxy.add_argument("--label-smoothing", type=at_least(0, float), default=Recipe.label_smoothing)
+    proxy.add_argument("--cutout", type=at_least(0), default=Recipe.cutout, metavar="SIZE",
                        help="side of a random zeroed square (0: off)")
-    proxy.add_argument("--drop-path", type=float, default=Recipe.drop_path)
+    proxy.add_argument("--drop-path", type=at_least(0, float), default=Recipe.drop_path)
     add_data_flags(proxy)
     proxy.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     proxy.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -84,12 +87,12 @@ def _add_full(train_sub) -> None:
     full.add_argument("config", metavar="CONFIG.yaml", help="a config from `patchnas export`")
     full.add_argument("--data", required=True, metavar="DIR",
                       help="a folder with train/<class>/* and val/<class>/*")
-    full.add_argument("--epochs", type=int, help="default: the recipe's")
-    full.add_argument("--max-steps", type=int, metavar="N",
+    full.add_argument("--epochs", type=COUNT, help="default: the recipe's")
+    full.add_argument("--max-steps", type=COUNT, metavar="N",
                       help="stop after N optimizer steps (the schedule ends there)")
-    full.add_argument("--batch-size", type=int, help="global batch (default: the recipe's; "
+    full.add_argument("--batch-size", type=COUNT, help="global batch (default: the recipe's; "
                                                      "the learning rate scales with it)")
-    full.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
+    full.add_argument("--nproc-per-node", type=COUNT, default=1, metavar="N",
                       help="processes on this node through torchrun (DDP)")
     full.add_argument("--resume", action="store_true",
                       help="continue from the checkpoint in --out")

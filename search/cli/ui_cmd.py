@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from search.cli.common import add_workspace_flag
+from search.cli.common import add_workspace_flag, at_least
 from spaces.errors import UserError
 
 
 def add_commands(commands) -> None:
     ui = commands.add_parser("ui", help="the MLflow UI on 127.0.0.1 for the workspace's runs")
-    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--port", type=at_least(1), default=5000)
     add_workspace_flag(ui)
     ui.add_argument("--tracking-uri", metavar="URI", help="default: <workspace>/mlflow.db")
     ui.set_defaults(run=_ui)
@@ -20,7 +20,7 @@ def add_commands(commands) -> None:
 def _ui(args: argparse.Namespace) -> int:
     from search.study.settings import tracking_uri
     from search.study.workspace import default_tracking_uri, workspace_dir
-    from tracking.ui import serve
+    from tracking.ui import PortBusy, serve
 
     workspace = workspace_dir(args.workspace)
     uri = tracking_uri(args.tracking_uri, workspace)
@@ -31,4 +31,7 @@ def _ui(args: argparse.Namespace) -> int:
                         f"(patchnas search run ...) or give --workspace / --tracking-uri")
     if not 0 < args.port < 65536:
         raise UserError(f"--port {args.port}: give a port between 1 and 65535")
-    return serve(uri, args.port, log=lambda m: print(m, file=sys.stderr, flush=True))
+    try:
+        return serve(uri, args.port, log=lambda m: print(m, file=sys.stderr, flush=True))
+    except PortBusy as err:
+        raise UserError(str(err)) from None

@@ -15,7 +15,7 @@ from search.study.objectives import normalized_hypervolume
 from search.study.pareto import nondominated_ranks
 from search.study.record import StudyKey, TrialRecord
 from search.study.spec import StudySpec
-from search.study.storage import open_storage
+from search.study.storage import missing_file, open_storage
 from search.study.studies import load_spec
 
 STATES = ("COMPLETE", "RUNNING", "PRUNED", "FAIL", "INFEASIBLE", "REUSED", "WAITING",
@@ -194,6 +194,8 @@ def status(study: optuna.Study) -> Status:
 
 
 def list_studies(storage_url: str) -> list[dict[str, Any]]:
+    if missing_file(storage_url):  # nothing stored there yet (and nothing created)
+        return []
     storage = open_storage(storage_url, heartbeat=False)
     out = []
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):

@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import sqlite3
+import time
 import warnings
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import optuna
 import sqlalchemy
 from sqlalchemy.engine import make_url
 
+from search.study.reach import CONNECT_SECONDS
 from spaces.errors import UserError
 
 # a trial whose worker missed heartbeats for GRACE seconds is failed and queued again
@@ -30,32 +32,57 @@ def redact(url: str) -> str:
     return parsed.render_as_string(hide_password=True) if parsed.password else url
 
 
-def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.RDBStorage:
-    """Open (creating tables if needed) the storage at `url`; one clear error if it fails.
+def open_storage(url: str, heartbeat: bool = True,
+                 create: bool = False) -> optuna.storages.RDBStorage:
+    """Open the storage at `url`; one clear error if it fails. Only with `create` (the
+    command that makes studies) may a missing SQLite file be created: a read-only command
+    given a wrong path says so instead of leaving an empty database there.
 
-    Call it once in the parent before any worker starts: several processes creating a fresh
-    SQLite database at the same moment fail.
+    Several processes making the schema of a fresh database at once race ("table ...
+    already exists"): the loser tries again and finds the tables made.
     """
     quiet_optuna()
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1].split("?", 1)[0]
         if path and path != ":memory:":
+            if not create and missing_file(url):
+                raise UserError(f"no study storage at {path}: the file does not exist; check "
+                                f"--storage / $PATCHNAS_STORAGE / --workspace, or create a "
+                                f"study there with `patchnas search run`")
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             _write_ahead_log(path)
         engine_kwargs = {"connect_args": {"timeout": 60}}
-    else:
+    else:  # a server that does not answer is an error after seconds, not a hang
         engine_kwargs = {"pool_pre_ping": True}
+        if url.startswith(("postgresql", "mysql")):
+            engine_kwargs["connect_args"] = {"connect_timeout": int(CONNECT_SECONDS)}
     kwargs = {}
     if heartbeat:
         kwargs = dict(heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
                       heartbeat_stale_trial_callback=optuna.storages
                       .RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, OSError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"cannot open the study storage {redact(url)}: {redact(reason)}; "
-                        f"check that the database is running and the URL is right") from None
+    for attempt in range(SCHEMA_ATTEMPTS):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, OSError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            if "already exists" in reason and attempt + 1 < SCHEMA_ATTEMPTS:
+                time.sleep(0.2 * (attempt + 1))  # another process made the schema first
+                continue
+            raise UserError(f"cannot open the study storage {redact(url)}: {redact(reason)}; "
+                            f"check that the database is running and the URL is right") from None
+    raise AssertionError("unreachable")
+
+
+SCHEMA_ATTEMPTS = 5
+
+
+def missing_file(url: str) -> str | None:
+    """The path of a SQLite storage whose file does not exist, else None."""
+    if not url.startswith("sqlite"):
+        return None
+    path = url.split("///", 1)[-1].split("?", 1)[0]
+    return path if path and path != ":memory:" and not Path(path).exists() else None
 
 
 def _write_ahead_log(path: str) -> None:

@@ -11,7 +11,7 @@ import optuna
 from search.study import record
 from search.study.record import StudyKey
 from search.study.spec import DEFAULT_TRIALS, StudySpec, provenance
-from search.study.storage import open_storage, redact
+from search.study.storage import missing_file, open_storage, redact
 from spaces.errors import UserError
 
 
@@ -44,7 +44,10 @@ def load_study(name: str, storage_url: str, heartbeat: bool = False,
 
 
 def find_spec(name: str, storage_url: str) -> StudySpec | None:
-    """The stored spec of study `name`, or None when there is no such study."""
+    """The stored spec of study `name`, or None when there is no such study (a SQLite
+    file that does not exist yet is not created here)."""
+    if missing_file(storage_url):
+        return None
     study = _existing(name, open_storage(storage_url, heartbeat=False))
     return None if study is None else load_spec(study)
 
@@ -57,7 +60,7 @@ def create_or_resume(spec: StudySpec, storage_url: str, n_trials: int | None = N
     grows a finished study."""
     if n_trials is not None and n_trials < 1:
         raise UserError("--trials must be at least 1")
-    storage = open_storage(storage_url, heartbeat=False)
+    storage = open_storage(storage_url, heartbeat=False, create=True)
     study = _existing(spec.name, storage)
     if study is not None:
         stored = load_spec(study)

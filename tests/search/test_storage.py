@@ -17,7 +17,8 @@ def _storage(kind: str, tmp_path):
     if kind == "memory":
         return optuna.storages.InMemoryStorage()
     if kind == "sqlite":
-        return open_storage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat=False)
+        return open_storage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat=False,
+                            create=True)
     url = postgres_url()
     return open_storage(url, heartbeat=False)
 

@@ -1,0 +1,72 @@
+"""Whether a network service answers, within a bounded time: checked before anything is
+created, so a wrong address is one line after seconds, not a hang of minutes in a library's
+retries (MLflow retries HTTP for about two minutes; Ray waits for a head that never comes)."""
+
+from __future__ import annotations
+
+import socket
+from urllib.parse import urlsplit
+
+from spaces.errors import UserError
+
+CONNECT_SECONDS = 10.0
+
+
+def host_and_port(address: str, default_port: int | None = None) -> tuple[str, int] | None:
+    """(host, port) of `scheme://[user@]host[:port]/...` or `host:port`; None when the
+    address names no host (a file, a local database)."""
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    try:
+        port = parts.port or default_port
+    except ValueError:
+        return None
+    if not parts.hostname or port is None:
+        return None
+    return parts.hostname, port
+
+
+def check_reachable(address: str, what: str, fix: str, default_port: int | None = None,
+                    shown: str | None = None) -> None:
+    """One TCP connection to `address`, or a UserError naming `what`, where and `fix`."""
+    target = host_and_port(address, default_port)
+    if target is None:
+        return
+    try:
+        with socket.create_connection(target, timeout=CONNECT_SECONDS):
+            return
+    except OSError as err:
+        reason = "no answer" if isinstance(err, TimeoutError) else (err.strerror or str(err))
+        raise UserError(f"cannot reach {what} at {shown or address} ({target[0]}:{target[1]}: "
+                        f"{reason}); {fix}") from None
+
+
+def _check_answers(url: str, fix: str) -> None:
+    """An HTTP answer of any status (even 401 or 404) within the timeout: a port that
+    accepts connections but never replies is reported, not waited on."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(url.rstrip("/") + "/health", timeout=CONNECT_SECONDS).close()
+    except urllib.error.HTTPError:
+        return  # it answered
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        raise UserError(f"the MLflow tracking server at {url} does not answer over HTTP "
+                        f"({reason}); {fix}") from None
+
+
+def check_tracking(uri: str) -> None:
+    """A tracking URI patchnas can use: an http(s) server that answers, or a local store."""
+    scheme = urlsplit(uri).scheme.lower()
+    if scheme in ("http", "https"):
+        shown, fix = uri.split("?")[0], ("start it (mlflow server ...), fix --tracking-uri, or "
+                                         "give --no-tracking")
+        check_reachable(uri, "the MLflow tracking server", fix,
+                        default_port=443 if scheme == "https" else 80, shown=shown)
+        _check_answers(shown, fix)
+    elif scheme not in ("", "file", "sqlite", "postgresql", "mysql", "mssql") and not (
+            scheme.startswith(("postgresql+", "mysql+", "mssql+")) or len(scheme) == 1):
+        raise UserError(f"--tracking-uri {uri.split('?')[0]}: MLflow cannot use a {scheme}:// "
+                        f"store; give http(s)://HOST:PORT, sqlite:///FILE, a folder, or "
+                        f"--no-tracking")
