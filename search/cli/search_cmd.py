@@ -46,7 +46,10 @@ def add_commands(commands):
     run.add_argument("--space", metavar="FILE", help="a YAML file of NAME: SPEC")
     run.add_argument("--objectives", help="default val_acc:max,params:min; also macs:min, "
                                           "latency_ms:min")
-    run.add_argument("--trials", type=COUNT, help="the study's trial budget (default 10)")
+    run.add_argument("--trials", type=COUNT,
+                     help="the study's budget: distinct architectures trained, plus "
+                          "infeasible configs and failures of their own; reused twins and "
+                          "retries are free (default 10)")
     run.add_argument("--timeout", type=SECONDS, metavar="SECONDS")
     run.add_argument("--epochs", type=COUNT, help="epochs per trial (the maximum fidelity)")
     run.add_argument("--min-epochs", type=COUNT, help="first pruning rung (default 1)")

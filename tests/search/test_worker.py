@@ -135,3 +135,29 @@ def test_single_objective_studies_use_optuna_pruners(tmp_path, tiny_data, sample
         assert t.intermediate_values == {c["epoch"]: c["val_acc"] for c in curve}
     assert study.best_trial.value == max(t.value for t in trained if t.value is not None)
 
+
+
+def test_a_trial_that_kills_its_worker_twice_is_failed_for_good(tmp_path, tiny_data):
+    from search.backends.local import fail_trials_of
+    from search.study import record
+
+    url, _ = make_study(tmp_path, tiny_data, 2, pruner="none")
+    study = load_study("w", url)
+    first = study.ask()
+    record.write(first, worker="host:11", seconds=30.0)
+    assert fail_trials_of(study, "host:99", "was killed by signal 9") == []  # not its trial
+    assert fail_trials_of(study, "host:11", "was killed by signal 9") == [
+        "trial 0 is queued again"]
+    s = status(study)
+    assert s.counts["RETRIED"] == 1 and s.counts["FAIL"] == 0 and s.finished == 0
+    retry = study.ask()  # the queued retry, on another worker
+    assert record.original_number(retry) == 0
+    record.write(retry, worker="host:12")
+    assert status(study).eta_seconds > 0  # a trial running: not "done"
+    assert fail_trials_of(study, "host:12", "was killed by signal 9") == [
+        "trial 1 killed its worker twice: failed for good"]
+    trials = load_study("w", url).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL]
+    assert TrialRecord.from_trial(trials[1]).counted  # it holds a slot: the study goes on
+    assert "twice" in TrialRecord.from_trial(trials[1]).reason
+    assert status(load_study("w", url)).finished == 1
