@@ -27,6 +27,17 @@ RUN_STATUS = {"COMPLETE": "FINISHED", "REUSED": "FINISHED", "INFEASIBLE": "FINIS
 MAX_PARAM = 6000  # MLflow's limit on a param value
 
 
+def delete_experiment(uri: str, study: str) -> str | None:
+    """Mark study's experiment deleted (MLflow keeps it restorable until `mlflow gc`);
+    returns its id, or None when there is none."""
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(study)
+    if found is None or found.lifecycle_stage == "deleted":
+        return None
+    client.delete_experiment(found.experiment_id)
+    return found.experiment_id
+
+
 def is_local(uri: str) -> bool:
     """A tracking URI that only this host can reach."""
     return uri.startswith(("sqlite:", "file:", "/")) or "://" not in uri

@@ -85,8 +85,8 @@ class StudySearcher(Searcher):
             self._requeue_orphans(study)
             self._adopted = True
         state = budget(study)
-        if state.reserved >= state.total and not state.waiting:
-            return Searcher.FINISHED  # the rest of the budget is running or done
+        if (state.reserved >= state.total or state.space_full) and not state.waiting:
+            return Searcher.FINISHED  # the rest of the budget (or the space) is running or done
         trial = study.ask()  # a queued trial first (presets, retries)
         self._spec.space.suggest(trial)  # the sampler picks the parameters here
         self.numbers[trial_id] = trial.number

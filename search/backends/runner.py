@@ -130,7 +130,7 @@ class TrialRunner:
         if self.runs is not None:
             self._start_child(trial, family, proxy, digest)
         if infeasible:
-            record.write(trial, state="INFEASIBLE")
+            record.write(trial, state="INFEASIBLE", reason=f"infeasible: {infeasible}")
             return self._values(0.0, costs)
         if prior is not None:
             return self._reuse(trial, prior)
@@ -212,19 +212,23 @@ class TrialRunner:
         self.log(f"trial {trial.number} discarded: {why}")
         raise Discarded()
 
-    def _infeasible(self, trial: optuna.Trial, costs: dict[str, float]) -> bool:
+    def _infeasible(self, trial: optuna.Trial, costs: dict[str, float]) -> str | None:
+        """Why the config breaks a limit (None when it keeps them all); the violations go
+        to the sampler through set_constraint."""
         if not self.constrained:
-            return False
+            return None
         limits = {"params": self.spec.max_params, "macs": self.spec.max_macs,
                   "latency_ms": self.spec.max_latency_ms}
-        violated = False
+        over = []
         for metric, limit in limits.items():
             if limit is None:
                 continue
             violation = (costs[metric] - limit) / limit  # <= 0 is feasible
             trial.set_constraint(metric, violation)
-            violated |= violation > 0
-        return violated
+            if violation > 0:
+                flag = "--max-" + metric.replace("_", "-")
+                over.append(f"{metric} {costs[metric]:,.6g} over {flag} {limit:,.6g}")
+        return "; ".join(over) or None
 
     def _reuse(self, trial, prior):
         pruned = prior.state == TrialState.PRUNED

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Any
@@ -107,6 +108,31 @@ def add_commands(commands):
     add_storage_flags(st)
     st.add_argument("--json", action="store_true")
     st.set_defaults(run=_status)
+
+    trials = sub.add_parser("trials", help="a table of a study's trials")
+    trials.add_argument("name")
+    add_storage_flags(trials)
+    trials.add_argument("--state", help="only these states, comma-separated (e.g. "
+                                        "complete,pruned)")
+    trials.add_argument("--sort", default="number",
+                        help="number (default), val_acc, params, macs, seconds, state")
+    trials.add_argument("--json", action="store_true")
+    trials.set_defaults(run=_trials)
+
+    show = sub.add_parser("show", help="everything stored about one trial")
+    show.add_argument("name")
+    show.add_argument("trial", type=at_least(0))
+    add_storage_flags(show)
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(run=_show)
+
+    delete = sub.add_parser("delete", help="delete a study (its Optuna rows; its MLflow "
+                                           "experiment is marked deleted)")
+    delete.add_argument("name")
+    add_storage_flags(delete)
+    add_tracking_flags(delete)
+    delete.add_argument("--yes", action="store_true", help="do not ask")
+    delete.set_defaults(run=_delete)
 
     pareto = sub.add_parser("pareto", help="the Pareto front of a study")
     pareto.add_argument("name")
@@ -220,6 +246,75 @@ def _status(args: argparse.Namespace) -> int:
     print(f"{s['name']}: done {s['finished']}/{s['budget']}  {counts}")
     print(f"  front {s['front_size']}  hypervolume {s['hypervolume']:.4f}  compute {hours}  "
           f"ETA {eta}")
+    return 0
+
+
+def _trials(args: argparse.Namespace) -> int:
+    from search.study.studies import load_study
+    from search.study.trials import trial_rows
+
+    states = [s.strip() for s in args.state.split(",") if s.strip()] if args.state else None
+    rows = trial_rows(load_study(args.name, storage_url(args)), states, args.sort)
+    if args.json:
+        return print_json(rows)
+    print(f"{'#':>4}  {'state':<10} {'architecture':<34} {'val_acc':>7} {'params':>10} "
+          f"{'macs':>13} {'epochs':>6} {'seconds':>7}  reason")
+    for r in rows:
+        print(f"{r['number']:>4}  {r['state']:<10} {(r['label'] or '-')[:34]:<34} "
+              f"{_num(r['val_acc'], '.4f'):>7} {_num(r['params'], ',.0f'):>10} "
+              f"{_num(r['macs'], ',.0f'):>13} "
+              f"{_num(r['epochs_run'], 'd'):>3}/{r['max_epochs']:<2} "
+              f"{_num(r['seconds'], '.1f'):>7}  {r['reason'] or ''}")
+    return 0
+
+
+def _num(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _show(args: argparse.Namespace) -> int:
+    from search.study.studies import load_study
+    from search.study.trials import trial_detail
+
+    d = trial_detail(load_study(args.name, storage_url(args)), args.trial)
+    if args.json:
+        return print_json(d)
+    print(f"trial {d['number']} of {args.name}: {d['state']}"
+          + (f" ({d['reason']})" if d["reason"] else ""))
+    for key in ("label", "config_32px", "config_target", "values", "costs", "epochs_run",
+                "seconds", "reused_from", "retry_of", "retries", "mlflow_run_id", "started",
+                "finished"):
+        if d.get(key) not in (None, [], {}):
+            value = d[key]
+            print(f"  {key:<14} {json.dumps(value) if isinstance(value, dict | list) else value}")
+    for point in d["record"].get("curve", []):
+        print("  epoch {epoch:<3} val_acc {val_acc:.4f}  train_loss {train_loss:.4f}".format(
+            **{"train_loss": float("nan"), **point}))
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    from search.study.storage import missing_file
+    from search.study.studies import delete_study, load_study
+
+    url = storage_url(args)
+    load_study(args.name, url)  # a study that is not there: one line, nothing asked
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UserError(f"delete study {args.name}: give --yes (no terminal to ask on)")
+        answer = input(f"delete study {args.name} and mark its MLflow runs deleted? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing deleted", file=sys.stderr)
+            return 1
+    delete_study(args.name, url)
+    uri = tracking_uri(args)
+    experiment = None
+    if uri is not None and not missing_file(uri):  # no MLflow store there: nothing to mark
+        from tracking.runs import delete_experiment
+
+        experiment = delete_experiment(uri, args.name)
+    print(f"deleted study {args.name}" + (f"; MLflow experiment {experiment} marked deleted"
+                                          if experiment else ""), file=sys.stderr)
     return 0
 
 

@@ -43,6 +43,14 @@ def load_study(name: str, storage_url: str, heartbeat: bool = False,
     return study
 
 
+def delete_study(name: str, storage_url: str) -> None:
+    """Delete study `name`'s rows from the storage (its trials, attributes and claims);
+    other studies there are not touched."""
+    study = load_study(name, storage_url)  # a missing study is one clear line
+    optuna.delete_study(study_name=study.study_name, storage=open_storage(storage_url,
+                                                                          heartbeat=False))
+
+
 def find_spec(name: str, storage_url: str) -> StudySpec | None:
     """The stored spec of study `name`, or None when there is no such study (a SQLite
     file that does not exist yet is not created here)."""
