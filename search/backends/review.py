@@ -8,12 +8,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 import time
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
+from search.study import record
 from search.study.record import TrialRecord
 from search.study.results import hypervolume, pareto, ranked_trials, state_of, status
 from search.study.studies import load_spec
@@ -23,40 +25,81 @@ REVIEW_SECONDS = 10.0  # MLflow refreshes read the whole study: not every second
 
 class Progress:
     """The progress/review loop of a running study (`runs`: a tracking.runs.StudyRuns, or
-    None without tracking; `log`: None for no progress lines)."""
+    None without tracking; `log`: None for no progress lines).
 
-    def __init__(self, study: optuna.Study, runs: Any, log=None):
+    On a terminal it is one live tqdm bar (trials done of the budget, elapsed, ETA, and the
+    counts, front and hypervolume beside it); elsewhere (CI logs, pipes) a plain line when
+    the counts change, and every PLAIN_SECONDS regardless. stdout is never written."""
+
+    def __init__(self, study: optuna.Study, runs: Any, log=None, live: bool | None = None):
         self.study, self.runs, self.log = study, runs, log
         self.line: str | None = None
-        self.reviewed = time.monotonic()
+        self.start = self.printed = self.reviewed = time.monotonic()
+        live = sys.stderr.isatty() if live is None else live
+        self.bar = None
+        if live and log is not None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=record.trial_budget(study), unit="trial", file=sys.stderr,
+                            desc=study.study_name, dynamic_ncols=True)
 
     def tick(self) -> None:
         if self.runs is not None and time.monotonic() - self.reviewed > REVIEW_SECONDS:
             refresh(self.study, self.runs)  # Pareto tags and parent metrics follow the front
             self.reviewed = time.monotonic()
-        if self.log is not None:
-            line = progress_line(self.study)
-            if line != self.line:
-                self.log(line)
-            self.line = line
+        if self.log is None:
+            return
+        s = status(self.study)
+        if self.bar is not None:
+            self.bar.total, self.bar.n = s.budget, s.finished
+            self.bar.set_postfix_str(counts_line(s), refresh=False)
+            self.bar.refresh()
+            return
+        line, now = progress_line(s), time.monotonic()
+        if line != self.line or now - self.printed >= PLAIN_SECONDS:
+            eta = "" if s.eta_seconds is None else f"  ETA {_clock(s.eta_seconds)}"
+            self.log(f"{line}  elapsed {_clock(now - self.start)}{eta}")
+            self.line, self.printed = line, now
+
+    def write(self, message: str) -> None:
+        """A log line that does not tear the live bar."""
+        if self.bar is not None:
+            self.bar.write(message, file=sys.stderr)
+        elif self.log is not None:
+            self.log(message)
 
     def finish(self, run_status: str) -> None:
         if self.log is not None:
             self.line = None
             self.tick()
+            if self.bar is not None:
+                self.bar.close()
         if self.runs is not None:
             refresh(self.study, self.runs)
             self.runs.end_study(run_status)
 
 
-def progress_line(study: optuna.Study) -> str:
-    s = status(study)
+PLAIN_SECONDS = 30.0
+
+
+def counts_line(s) -> str:
     c = s.counts
-    extra = "".join(f"  {k.lower()} {c[k]}" for k in ("REUSED", "RETRIED") if c[k])
-    return (f"done {s.finished}/{s.budget}  running {c['RUNNING']}  "
-            f"pruned {c['PRUNED']}  failed {c['FAIL']}  infeasible {c['INFEASIBLE']}{extra}  "
-            f"front {s.front_size}  hypervolume {s.hypervolume:.4f}"
+    extra = "".join(f" {k.lower()} {c[k]}" for k in ("REUSED", "RETRIED") if c[k])
+    return (f"running {c['RUNNING']} pruned {c['PRUNED']} failed {c['FAIL']} "
+            f"infeasible {c['INFEASIBLE']}{extra} front {s.front_size} "
+            f"hv {s.hypervolume:.4f}")
+
+
+def progress_line(s) -> str:
+    """One plain line of a study's status (a search.study.results.Status)."""
+    return (f"done {s.finished}/{s.budget}  {counts_line(s)}"
             + ("  (every architecture of the space is trained)" if s.exhausted else ""))
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return (f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600
+            else f"{seconds // 60}m{seconds % 60:02d}s")
 
 
 def refresh(study: optuna.Study, runs: Any) -> None:

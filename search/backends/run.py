@@ -48,8 +48,9 @@ def run_search(name: str, given: dict[str, Any], options: RunOptions, log=None) 
         + (f"; MLflow {redact(uri.split('?')[0])}" if runs else ""))
     options.env.update(PATCHNAS_TRACKING_URI=uri or TRACKING_OFF, PATCHNAS_SPAWNED="1")
     progress = Progress(study, runs, log if options.progress else None)
-    code = backend.run(SearchJob(spec, study, url, workspace, data, options, log,
-                                 progress.tick, uri))
+    code = backend.run(SearchJob(spec, study, url, workspace, data, options,
+                                 progress.write if options.progress else log, progress.tick,
+                                 uri))
     progress.finish("KILLED" if code == 130 else "FINISHED")
     if code == 130:
         raise KeyboardInterrupt
