@@ -27,6 +27,12 @@ RUN_STATUS = {"COMPLETE": "FINISHED", "REUSED": "FINISHED", "INFEASIBLE": "FINIS
 MAX_PARAM = 6000  # MLflow's limit on a param value
 
 
+def experiment_id(uri: str, study: str) -> str | None:
+    """The id of study's (active) experiment, or None."""
+    found = MlflowClient(tracking_uri=uri).get_experiment_by_name(study)
+    return None if found is None or found.lifecycle_stage == "deleted" else found.experiment_id
+
+
 def delete_experiment(uri: str, study: str) -> str | None:
     """Mark study's experiment deleted (MLflow keeps it restorable until `mlflow gc`);
     returns its id, or None when there is none."""

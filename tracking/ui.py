@@ -6,6 +6,21 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+
+
+def _open_when_up(health: str, url: str, server: subprocess.Popen, wait: float = 90) -> None:
+    import urllib.request
+    import webbrowser
+
+    end = time.monotonic() + wait
+    while time.monotonic() < end and server.poll() is None:
+        try:
+            with urllib.request.urlopen(health, timeout=2):
+                webbrowser.open(url)
+                return
+        except OSError:
+            time.sleep(0.5)
 
 
 class PortBusy(Exception):
@@ -26,13 +41,18 @@ def ui_command(uri: str, port: int, host: str = "127.0.0.1") -> list[str]:
             "--host", host, "--port", str(port), "--workers", "1"]
 
 
-def serve(uri: str, port: int, host: str = "127.0.0.1", log=print) -> int:
-    """Run the UI until Ctrl-C; returns the server's exit code."""
+def serve(uri: str, port: int, host: str = "127.0.0.1", log=print, path: str = "",
+          open_browser: bool = False) -> int:
+    """Run the UI until Ctrl-C; returns the server's exit code. `path`: the page to print
+    (and open), e.g. a study's runs."""
     if not port_is_free(host, port):
         raise PortBusy(f"port {port} on {host} is in use (another MLflow UI?); give --port "
                        f"with a free one, or open the UI already there")
-    log(f"MLflow UI: http://{host}:{port}  (Ctrl-C stops it)")
+    url = f"http://{host}:{port}{path}"
+    log(f"MLflow UI: {url}  (Ctrl-C stops it)")
     server = subprocess.Popen(ui_command(uri, port, host))
+    if open_browser:
+        _open_when_up(f"http://{host}:{port}/health", url, server)
 
     def stop(signum, frame):  # SIGTERM ends the server too, never orphans it
         raise KeyboardInterrupt

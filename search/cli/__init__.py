@@ -44,7 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help, --version, or a wrong flag (one line, see Parser)
+        return stop.code if isinstance(stop.code, int) else EXIT_USER_ERROR
     args.argv = argv  # `train full --nproc-per-node N` runs itself again under torchrun
     try:
         code = args.run(args) or 0

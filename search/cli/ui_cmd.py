@@ -11,7 +11,9 @@ from spaces.errors import UserError
 
 def add_commands(commands) -> None:
     ui = commands.add_parser("ui", help="the MLflow UI on 127.0.0.1 for the workspace's runs")
+    ui.add_argument("study", nargs="?", help="open on this study's runs")
     ui.add_argument("--port", type=at_least(1), default=5000)
+    ui.add_argument("--open", action="store_true", help="open the page in a web browser")
     add_workspace_flag(ui)
     ui.add_argument("--tracking-uri", metavar="URI", help="default: <workspace>/mlflow.db")
     ui.set_defaults(run=_ui)
@@ -31,7 +33,17 @@ def _ui(args: argparse.Namespace) -> int:
                         f"(patchnas search run ...) or give --workspace / --tracking-uri")
     if not 0 < args.port < 65536:
         raise UserError(f"--port {args.port}: give a port between 1 and 65535")
+    path = ""
+    if args.study:
+        from tracking.runs import experiment_id
+
+        found = experiment_id(uri, args.study)
+        if found is None:
+            raise UserError(f"no MLflow experiment for study {args.study} in "
+                            f"{uri.split('?')[0]}; `patchnas search list` names the studies")
+        path = f"/#/experiments/{found}/runs"
     try:
-        return serve(uri, args.port, log=lambda m: print(m, file=sys.stderr, flush=True))
+        return serve(uri, args.port, log=lambda m: print(m, file=sys.stderr, flush=True),
+                     path=path, open_browser=args.open)
     except PortBusy as err:
         raise UserError(str(err)) from None

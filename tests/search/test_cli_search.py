@@ -51,5 +51,9 @@ def test_bad_study_files_are_one_line(tmp_path, capsys, text, message):
 
 
 def test_status_of_a_missing_study_names_the_ones_there(tmp_path, capsys):
+    import optuna
+
+    optuna.create_study(study_name="other", storage=f"sqlite:///{tmp_path}/optuna.db")
     assert main(["search", "status", "nope", "--workspace", str(tmp_path)]) == 2
-    assert "no study 'nope'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no study 'nope'" in err and "studies there: other" in err

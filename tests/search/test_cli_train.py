@@ -53,6 +53,6 @@ def test_missing_data_says_where_it_looked_and_how_to_get_it(tmp_path, capsys):
 
 def test_bad_training_flags_are_one_line(capsys):
     assert main(["train", "proxy", "--family", "convmixer", "--epochs", "0"]) == 2
-    assert "at least 1" in capsys.readouterr().err
+    assert "--epochs: 0 is not allowed here; give 1 or more" in capsys.readouterr().err
     assert main(["train", "proxy", "--family", "convmixer", "--set", "d=2..4"]) == 2
     assert "is a range" in capsys.readouterr().err

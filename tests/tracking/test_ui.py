@@ -70,3 +70,27 @@ def test_ui_without_runs_is_one_line(tmp_path, capsys):
     assert "no MLflow runs" in capsys.readouterr().err
 
 
+
+
+def test_ui_study_prints_the_url_of_that_studys_runs(tmp_path):
+    ws = tmp_path / "ws"
+    uri = default_uri(ws)
+    from tracking.runs import StudyRuns
+
+    runs = StudyRuns(uri, "mine")
+    runs.parent()
+    port = free_port()
+    ui = subprocess.Popen([PATCHNAS, "ui", "mine", "--port", str(port), "--workspace",
+                           str(ws)], stderr=subprocess.PIPE, text=True)
+    try:
+        first = ui.stderr.readline()
+        assert f"http://127.0.0.1:{port}/#/experiments/{runs.experiment_id}/runs" in first
+        assert wait_http(f"http://127.0.0.1:{port}/health", 90)
+        assert MlflowClient(uri).get_experiment(runs.experiment_id).tags[
+            "mlflow.experimentKind"] == "custom_model_development"  # the runs view
+    finally:
+        ui.terminate()
+        ui.wait(timeout=60)
+    missing = subprocess.run([PATCHNAS, "ui", "other", "--workspace", str(ws)],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "no MLflow experiment for study other" in missing.stderr
