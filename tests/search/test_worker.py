@@ -161,3 +161,18 @@ def test_a_trial_that_kills_its_worker_twice_is_failed_for_good(tmp_path, tiny_d
     assert TrialRecord.from_trial(trials[1]).counted  # it holds a slot: the study goes on
     assert "twice" in TrialRecord.from_trial(trials[1]).reason
     assert status(load_study("w", url)).finished == 1
+
+
+def test_a_resumed_study_continues_the_search_instead_of_replaying_it(tmp_path, tiny_data):
+    # the random sampler ignores results, so this is deterministic: before each start drew
+    # its own stream, the second run proposed the first run's configs again
+    url, ws = make_study(tmp_path, tiny_data, 2, epochs=1, sampler="random", pruner="none",
+                         overrides={"h": "16..64:16", "d": "1..3", "p": "4", "k": "3,5"})
+    run_worker("w", url, device="cpu", workspace=ws)
+    from search.study.record import set_trial_budget
+
+    set_trial_budget(load_study("w", url), 4)
+    run_worker("w", url, device="cpu", workspace=ws)  # the same worker index, started again
+    trials = load_study("w", url).trials
+    first, second = [t.params for t in trials[:2]], [t.params for t in trials[2:4]]
+    assert first != second and second[0] != first[0]
