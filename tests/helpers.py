@@ -108,6 +108,13 @@ def lrs_of_each_update(run) -> list[list[float]]:
     return seen
 
 
+# headless Chromium that renders a single-page app and then dumps its DOM or a screenshot
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+                  "--window-size=1600,1000", "--virtual-time-budget=20000"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -53,8 +53,14 @@ def serve(uri: str, port: int, host: str = "127.0.0.1", log=print, path: str = "
     server = subprocess.Popen(ui_command(uri, port, host))
     if open_browser:
         _open_when_up(f"http://{host}:{port}/health", url, server)
+    return run_until_stopped(server)
 
-    def stop(signum, frame):  # SIGTERM ends the server too, never orphans it
+
+def run_until_stopped(server: subprocess.Popen) -> int:
+    """Wait for a server process until Ctrl-C or SIGTERM, which stop it too (never orphaned);
+    returns its exit code, 0 when stopped so."""
+
+    def stop(signum, frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)

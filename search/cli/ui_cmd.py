@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from search.cli.common import add_workspace_flag, at_least
+from search.cli.common import add_storage_flags, add_workspace_flag, at_least, storage_url
 from spaces.errors import UserError
 
 
@@ -17,6 +17,12 @@ def add_commands(commands) -> None:
     add_workspace_flag(ui)
     ui.add_argument("--tracking-uri", metavar="URI", help="default: <workspace>/mlflow.db")
     ui.set_defaults(run=_ui)
+
+    dash = commands.add_parser("dashboard", help="optuna-dashboard on 127.0.0.1 for the study "
+                                                 "storage (pip install 'patchnas[dashboard]')")
+    dash.add_argument("--port", type=at_least(1), default=8080)
+    add_storage_flags(dash)
+    dash.set_defaults(run=_dashboard)
 
 
 def _ui(args: argparse.Namespace) -> int:
@@ -46,4 +52,22 @@ def _ui(args: argparse.Namespace) -> int:
         return serve(uri, args.port, log=lambda m: print(m, file=sys.stderr, flush=True),
                      path=path, open_browser=args.open)
     except PortBusy as err:
+        raise UserError(str(err)) from None
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from search.study.storage import missing_file
+    from tracking.dashboard import serve_dashboard
+    from tracking.ui import PortBusy
+
+    url = storage_url(args)
+    if missing_file(url):
+        raise UserError(f"no study storage at {missing_file(url)}: run a study first "
+                        f"(patchnas search run ...) or give --storage / --workspace")
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port {args.port}: give a port between 1 and 65535")
+    try:
+        return serve_dashboard(url, args.port,
+                               log=lambda m: print(m, file=sys.stderr, flush=True))
+    except (PortBusy, FileNotFoundError) as err:
         raise UserError(str(err)) from None

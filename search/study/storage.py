@@ -66,7 +66,7 @@ def open_storage(url: str, heartbeat: bool = True,
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
         except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, OSError) as err:
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            if "already exists" in reason and attempt + 1 < SCHEMA_ATTEMPTS:
+            if _schema_race(reason) and attempt + 1 < SCHEMA_ATTEMPTS:
                 time.sleep(0.2 * (attempt + 1))  # another process made the schema first
                 continue
             raise UserError(f"cannot open the study storage {redact(url)}: {redact(reason)}; "
@@ -75,6 +75,13 @@ def open_storage(url: str, heartbeat: bool = True,
 
 
 SCHEMA_ATTEMPTS = 5
+
+
+def _schema_race(reason: str) -> bool:
+    """An error of two processes creating the same fresh schema at once (a table, or
+    alembic's version row, made by the other one first)."""
+    return any(words in reason for words in ("already exists", "UNIQUE constraint failed",
+                                             "duplicate key value"))
 
 
 def missing_file(url: str) -> str | None:

@@ -68,6 +68,13 @@ def test_every_command_with_storage_finds_the_study_in_patchnas_storage(
             "export": ["export", "envs", "--out", str(tmp_path / "out")],
             "promote": ["promote", "envs", "--full-data", str(tmp_path), "--dry-run"],
             "search worker": ["search", "worker", "envs", "--device", "cpu", "--no-tracking"],
+            "search trials": ["search", "trials", "envs", "--json"],
+            "search show": ["search", "show", "envs", "0", "--json"],
+            # serves until stopped: its storage is the same storage_url(); its refusal of a
+            # missing one is tests/tracking/test_dashboard.py
+            "dashboard": None,
+            # last: it deletes the study
+            "search delete": ["search", "delete", "envs", "--yes", "--no-tracking"],
             # train full takes --storage to write its result back: a missing config is
             # refused before it is needed, so its resolution is checked by the parser walk
             "train full": None}

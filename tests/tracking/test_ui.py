@@ -12,13 +12,9 @@ from mlflow import MlflowClient
 
 from search.cli import main
 from search.study.workspace import default_tracking_uri as default_uri
-from tests.helpers import free_port, need, wait_http
+from tests.helpers import CHROMIUM_FLAGS, free_port, need, wait_http
 
 PATCHNAS = str(Path(sys.executable).with_name("patchnas"))
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-                  "--window-size=1600,1000", "--virtual-time-budget=20000"]
 
 
 def test_ui_shows_the_study_runs_in_chromium(tmp_path, tiny_data, capsys, monkeypatch):

@@ -1,0 +1,49 @@
+"""`patchnas dashboard`: optuna-dashboard (an optional extra) on a study storage.
+
+A patchnas study is a plain Optuna study (objective names set with `set_metric_names`), so
+Optuna's own dashboard shows its trials, history and Pareto front without any adapter."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from tracking.ui import PortBusy, port_is_free, run_until_stopped
+
+MISSING = "optuna-dashboard is not installed: pip install 'patchnas[dashboard]'"
+
+
+def dashboard_command(config: Path, port: int, host: str = "127.0.0.1") -> list[str]:
+    exe = shutil.which("optuna-dashboard", path=str(Path(sys.executable).parent))
+    if exe is None:
+        raise FileNotFoundError(MISSING)
+    return [exe, "--from-config", str(config), "--host", host, "--port", str(port),
+            "--quiet"]
+
+
+def _config_file(storage_url: str) -> Path:
+    """The storage URL in a file only this user can read: never on a command line, where
+    any user of the host could read its password."""
+    fd, name = tempfile.mkstemp(prefix="patchnas-dashboard-", suffix=".toml")
+    with os.fdopen(fd, "w") as f:
+        f.write(f"[optuna_dashboard]\nstorage = {json.dumps(storage_url)}\n")
+    return Path(name)
+
+
+def serve_dashboard(storage_url: str, port: int, host: str = "127.0.0.1", log=print) -> int:
+    """Run optuna-dashboard until Ctrl-C; returns its exit code."""
+    if shutil.which("optuna-dashboard", path=str(Path(sys.executable).parent)) is None:
+        raise FileNotFoundError(MISSING)
+    if not port_is_free(host, port):
+        raise PortBusy(f"port {port} on {host} is in use; give --port with a free one")
+    config = _config_file(storage_url)
+    log(f"optuna-dashboard: http://{host}:{port}/dashboard  (Ctrl-C stops it)")
+    try:
+        return run_until_stopped(subprocess.Popen(dashboard_command(config, port, host)))
+    finally:
+        config.unlink(missing_ok=True)
