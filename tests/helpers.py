@@ -8,10 +8,12 @@ where everything must be present.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -204,6 +206,13 @@ def check_study_runs(ws: Path, name: str, front: list[dict]) -> list:
     assert tagged == {m["trial"] for m in front}
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     # (importances.png too, once fANOVA has enough trained trials)
-    assert {"front.csv", "front.md", "pareto.png", "pareto.html",
+    assert {"front.csv", "front.md", "front_table.json", "pareto.png", "pareto.html",
             "hypervolume.png"} <= artifacts, artifacts
+    # the front as an MLflow table: the layout log_table writes, marked for the UI
+    table = json.loads(Path(client.download_artifacts(parent.info.run_id, "front_table.json",
+                                                      tempfile.mkdtemp())).read_text())
+    assert table["columns"][:3] == ["trial", "label", "val_acc"]
+    assert sorted(row[0] for row in table["data"]) == sorted(m["trial"] for m in front)
+    assert {"path": "front_table.json", "type": "table"} in json.loads(
+        client.get_run(parent.info.run_id).data.tags["mlflow.loggedArtifacts"])
     return children

@@ -9,6 +9,7 @@ process that runs the study keeps the parent and reconciles the children with th
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -24,6 +25,7 @@ TRIAL = "patchnas.trial"
 PARENT = "mlflow.parentRunId"
 RUN_STATUS = {"COMPLETE": "FINISHED", "REUSED": "FINISHED", "INFEASIBLE": "FINISHED",
               "PRUNED": "KILLED", "FAIL": "FAILED", "RETRIED": "KILLED"}
+LOGGED_ARTIFACTS = "mlflow.loggedArtifacts"  # which artifacts the UI renders as tables
 MAX_PARAM = 6000  # MLflow's limit on a param value
 
 
@@ -105,6 +107,7 @@ class StudyRuns:
         self.client.log_batch(parent, metrics=[Metric(k, float(v), now, 0)
                                                for k, v in metrics.items()])
         self._log_files(parent, files)
+        self._mark_tables(parent, [name for name in files if name.endswith("_table.json")])
         for t in trials:
             run = self.client.get_run(t["run_id"])
             tags = {"pareto": str(bool(t["pareto"])).lower(),
@@ -192,6 +195,16 @@ class StudyRuns:
         self.client.log_batch(self.parent(), metrics=[
             Metric(f"full_top1.t{trial:04d}", float(top1), now, 0),
             Metric(f"full_top5.t{trial:04d}", float(top5), now, 0)])
+
+    def _mark_tables(self, run_id: str, names: list[str]) -> None:
+        """Show these JSON artifacts as tables in the UI (the tag `log_table` keeps)."""
+        if not names:
+            return
+        listed = json.loads(self.client.get_run(run_id).data.tags.get(LOGGED_ARTIFACTS, "[]"))
+        wanted = listed + [{"path": n, "type": "table"} for n in names
+                           if {"path": n, "type": "table"} not in listed]
+        if wanted != listed:
+            self.client.set_tag(run_id, LOGGED_ARTIFACTS, json.dumps(wanted))
 
     def _log_files(self, run_id: str, files: Mapping[str, str | bytes]) -> None:
         with tempfile.TemporaryDirectory() as tmp:

@@ -117,6 +117,7 @@ def refresh(study: optuna.Study, runs: Any) -> None:
     metrics = {"trials_complete": s.counts["COMPLETE"], "trials_done": s.finished,
                "front_size": s.front_size, "hypervolume": s.hypervolume}
     runs.review(metrics, {"front.csv": front_csv(front), "front.md": front_markdown(front),
+                          "front_table.json": front_table(front),
                           **pictures(study, spec, ranked)}, trials)
 
 
@@ -192,6 +193,13 @@ def front_csv(front: list[dict[str, Any]]) -> str:
     writer.writerow(header)
     writer.writerows(rows)
     return out.getvalue()
+
+
+def front_table(front: list[dict[str, Any]]) -> str:
+    """The front in the JSON layout of MLflow's `log_table` (pandas' split orient), written
+    whole on each refresh: `log_table` itself appends to an existing table."""
+    header, rows = _rows(front)
+    return json.dumps({"columns": header, "data": rows})
 
 
 def front_markdown(front: list[dict[str, Any]]) -> str:
