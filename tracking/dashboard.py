@@ -19,11 +19,16 @@ MISSING = "optuna-dashboard is not installed: pip install 'patchnas[dashboard]'"
 
 
 def dashboard_command(config: Path, port: int, host: str = "127.0.0.1") -> list[str]:
+    return [_executable(), "--from-config", str(config), "--host", host, "--port", str(port),
+            "--quiet"]
+
+
+def _executable() -> str:
+    """optuna-dashboard beside this Python (the extra installs it there)."""
     exe = shutil.which("optuna-dashboard", path=str(Path(sys.executable).parent))
     if exe is None:
         raise FileNotFoundError(MISSING)
-    return [exe, "--from-config", str(config), "--host", host, "--port", str(port),
-            "--quiet"]
+    return exe
 
 
 def _config_file(storage_url: str) -> Path:
@@ -37,8 +42,7 @@ def _config_file(storage_url: str) -> Path:
 
 def serve_dashboard(storage_url: str, port: int, host: str = "127.0.0.1", log=print) -> int:
     """Run optuna-dashboard until Ctrl-C; returns its exit code."""
-    if shutil.which("optuna-dashboard", path=str(Path(sys.executable).parent)) is None:
-        raise FileNotFoundError(MISSING)
+    _executable()  # missing: refused before anything starts
     if not port_is_free(host, port):
         raise PortBusy(f"port {port} on {host} is in use; give --port with a free one")
     config = _config_file(storage_url)

@@ -35,7 +35,7 @@ from ray.tune.search import Searcher
 
 from search.backends.base import Backend, RunOptions, SearchJob
 from search.backends.runner import Discarded, TrialFailed, queue_again
-from search.backends.samplers import make_sampler
+from search.backends.samplers import make_sampler, run_stream
 from search.backends.worker import make_runner
 from search.study import record
 from search.study.reach import check_reachable
@@ -74,9 +74,8 @@ class StudySearcher(Searcher):
             url = os.environ[STORAGE_ENV]
             first = load_study(self.name, url)
             self._spec = load_spec(first)
-            stream = len(first.get_trials(deepcopy=False)) + 1  # a fresh stream per start
-            self._study = load_study(self.name, url,
-                                     sampler=make_sampler(self._spec, 0, stream))
+            self._study = load_study(self.name, url, sampler=make_sampler(
+                self._spec, 0, run_stream(first)))
         return self._study
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:

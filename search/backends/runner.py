@@ -182,9 +182,7 @@ class TrialRunner:
         n = self.budget if self.budget is not None else math.inf
         alive = sorted(t.number for t in trials if holds_budget_slot(t))
         if alive.index(trial.number) >= n:
-            record.write(trial, **identity, state="DISCARDED",
-                         reason="surplus: the budget was taken by other workers")
-            raise Discarded()
+            self._discard(trial, "surplus: the budget was taken by other workers", **identity)
 
     def _claim(self, trial: optuna.Trial, digest: str) -> optuna.trial.FrozenTrial | None:
         """Claim the architecture for this trial: None when this trial is to train it, the
@@ -207,8 +205,8 @@ class TrialRunner:
             self._discard(trial, "a twin of a trial that is training it")
         return None
 
-    def _discard(self, trial: optuna.Trial, why: str) -> None:
-        record.write(trial, state="DISCARDED", reason=why)
+    def _discard(self, trial: optuna.Trial, why: str, **attrs) -> None:
+        record.write(trial, **attrs, state="DISCARDED", reason=why)
         self.log(f"trial {trial.number} discarded: {why}")
         raise Discarded()
 

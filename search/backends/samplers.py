@@ -8,6 +8,13 @@ from search.backends.runner import trial_seed
 from search.study.spec import StudySpec
 
 
+def run_stream(study: optuna.Study) -> int:
+    """The stream of a worker starting now: the trials the study has asked so far (0 for a
+    new study, so a first run is reproducible from its seed)."""
+    asked = [s for s in optuna.trial.TrialState if s != optuna.trial.TrialState.WAITING]
+    return len(study.get_trials(deepcopy=False, states=tuple(asked)))
+
+
 def make_sampler(spec: StudySpec, worker_index: int,
                  stream: int = 0) -> optuna.samplers.BaseSampler:
     """Each worker gets its own stream, or parallel workers would propose the same configs;

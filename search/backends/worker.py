@@ -21,7 +21,7 @@ import optuna
 
 from search.backends.pruners import make_pruner, optuna_pruner
 from search.backends.runner import Discarded, TrialFailed, TrialRunner
-from search.backends.samplers import make_sampler
+from search.backends.samplers import make_sampler, run_stream
 from search.study.results import budget
 from search.study.spec import StudySpec
 from search.study.studies import load_spec, load_study
@@ -58,10 +58,8 @@ def make_runner(name: str, storage_url: str, *, device: str | None = None,
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     first = load_study(name, storage_url)
     spec = load_spec(first)
-    # a stream of its own per worker and per start: a re-run continues the search
-    stream = len(first.get_trials(deepcopy=False, states=_ASKED))
     study = load_study(name, storage_url, heartbeat=heartbeat, sampler=make_sampler(
-        spec, worker_index, stream), pruner=optuna_pruner(spec))
+        spec, worker_index, run_stream(first)), pruner=optuna_pruner(spec))
     workspace = workspace_dir(workspace)
     splits = study_splits(spec, workspace, data)
     trainer = ProxyTrainer(spec.recipe_obj, device=device)
@@ -110,9 +108,6 @@ def run_trials(study: optuna.Study, runner: TrialRunner, parent: int | None = No
                        gc_after_trial=False)
         discarded = discarded + 1 if runner.discarded else 0
         ran += 1
-
-
-_ASKED = tuple(s for s in optuna.trial.TrialState if s != optuna.trial.TrialState.WAITING)
 
 
 def open_runs(tracking_uri: str | None, study: str, storage_url: str, spawned: bool):

@@ -41,8 +41,8 @@ def check_reachable(address: str, what: str, fix: str, default_port: int | None 
 
 
 def _check_answers(url: str, fix: str) -> None:
-    """An HTTP answer of any status (even 401 or 404) within the timeout: a port that
-    accepts connections but never replies is reported, not waited on."""
+    """One HTTP request: any status (even 401 or 404) is an answer. A refused connection is
+    "cannot reach"; a port that accepts but never replies "does not answer"."""
     import urllib.error
     import urllib.request
 
@@ -52,6 +52,9 @@ def _check_answers(url: str, fix: str) -> None:
         return  # it answered
     except (OSError, ValueError) as err:
         reason = getattr(err, "reason", err)
+        if isinstance(reason, OSError) and not isinstance(reason, TimeoutError):
+            raise UserError(f"cannot reach the MLflow tracking server at {url} "
+                            f"({reason.strerror or reason}); {fix}") from None
         raise UserError(f"the MLflow tracking server at {url} does not answer over HTTP "
                         f"({reason}); {fix}") from None
 
@@ -62,8 +65,6 @@ def check_tracking(uri: str) -> None:
     if scheme in ("http", "https"):
         shown, fix = uri.split("?")[0], ("start it (mlflow server ...), fix --tracking-uri, or "
                                          "give --no-tracking")
-        check_reachable(uri, "the MLflow tracking server", fix,
-                        default_port=443 if scheme == "https" else 80, shown=shown)
         _check_answers(shown, fix)
     elif scheme not in ("", "file", "sqlite", "postgresql", "mysql", "mssql") and not (
             scheme.startswith(("postgresql+", "mysql+", "mssql+")) or len(scheme) == 1):

@@ -42,9 +42,9 @@ def open_storage(url: str, heartbeat: bool = True,
     already exists"): the loser tries again and finds the tables made.
     """
     quiet_optuna()
+    path = sqlite_path(url)
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1].split("?", 1)[0]
-        if path and path != ":memory:":
+        if path is not None:
             if not create and missing_file(url):
                 raise UserError(f"no study storage at {path}: the file does not exist; check "
                                 f"--storage / $PATCHNAS_STORAGE / --workspace, or create a "
@@ -84,12 +84,18 @@ def _schema_race(reason: str) -> bool:
                                              "duplicate key value"))
 
 
-def missing_file(url: str) -> str | None:
-    """The path of a SQLite storage whose file does not exist, else None."""
+def sqlite_path(url: str) -> str | None:
+    """The file of a sqlite:/// URL (None for other URLs and in-memory databases)."""
     if not url.startswith("sqlite"):
         return None
     path = url.split("///", 1)[-1].split("?", 1)[0]
-    return path if path and path != ":memory:" and not Path(path).exists() else None
+    return path if path and path != ":memory:" else None
+
+
+def missing_file(url: str) -> str | None:
+    """The path of a SQLite storage whose file does not exist, else None."""
+    path = sqlite_path(url)
+    return path if path is not None and not Path(path).exists() else None
 
 
 def _write_ahead_log(path: str) -> None:
