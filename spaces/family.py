@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from spaces import checks
 from spaces.errors import UserError
 from spaces.params import Choices, Param, Range, apply_overrides
 
@@ -113,19 +114,10 @@ class Family(ABC):
             raise UserError(f"unknown parameter {unknown[0]!r} for family {self.name}")
         return replace(base, **values)
 
-    def config_of(self, values: Mapping[str, Any]) -> Any:
-        """A complete config from a plain mapping (a YAML's `model.config`), checked."""
-        if not isinstance(values, Mapping):
-            raise UserError(f"{self.name}: the config must be a mapping of its parameters")
-        names = [f.name for f in fields(self.config_cls)]
-        unknown = [k for k in values if k not in names]
-        if unknown:
-            raise UserError(f"{self.name}: unknown parameter {unknown[0]!r}; its parameters "
-                            f"are {', '.join(names)}")
-        try:
-            return self.config_cls(**values)
-        except TypeError as err:  # a required parameter is missing
-            raise UserError(f"{self.name}: {err}") from None
+    def config_of(self, values: Mapping[str, Any], where: str | None = None) -> Any:
+        """A complete config from a plain mapping (a YAML's `model.config`), checked; errors
+        name `where` the mapping came from."""
+        return checks.build(self.config_cls, values, where or f"{self.name} config")
 
     def default_proxy_config(self) -> Any:
         preset = self.presets[self.default_preset]

@@ -37,6 +37,7 @@ from trainers.full_config import FullConfig
 from trainers.layout import LAYOUTS, adopt_checkpoint_layout, starting_layout
 from trainers.plumbing import (
     NAN_CHECK_EVERY,
+    load_checkpoint,
     lr_scheduler,
     mix_seed,
     param_groups,
@@ -287,11 +288,7 @@ class FullTrainer:
             dist.barrier()
 
     def load(self) -> None:
-        try:
-            state = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
-        except Exception as err:
-            raise UserError(f"cannot read the checkpoint {self.checkpoint}: "
-                            f"{str(err).splitlines()[0][:200]}; delete it to start over") from None
+        state = load_checkpoint(self.checkpoint, self.device)
         if state.get("identity") != self.identity():
             theirs = state.get("identity") or {}
             raise UserError(f"the checkpoint {self.checkpoint} is from another model "

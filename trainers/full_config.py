@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 import spaces
+from spaces import checks
 from spaces.errors import UserError
 from spaces.overrides import read_yaml_mapping
 from trainers.recipes import FullRecipe
@@ -60,8 +61,8 @@ class FullConfig:
                 raise UserError(f"{where}: model.{key} is missing")
         try:
             family = spaces.get(model["family"])
-            config = family.config_of(model["config"])
-            image_size = int(model["image_size"])
+            config = family.config_of(model["config"], f"model.config ({family.name})")
+            image_size = checks.value(model["image_size"], int, "model.image_size")
             family.check(config, image_size)
             recipe = FullRecipe.from_dict(doc["recipe"])
         except UserError as err:

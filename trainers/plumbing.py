@@ -26,7 +26,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """The device asked for; by default CUDA when there is one, else the CPU."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device}: give cuda, cuda:N or cpu") from None
+    if device.type not in ("cuda", "cpu"):
+        raise UserError(f"--device {device}: patchnas trains on cuda or cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda, but no CUDA device is visible; use --device cpu")
     return device
@@ -81,6 +86,26 @@ def restore_rng(state: dict[str, torch.Tensor | None], device: torch.device) -> 
     torch.set_rng_state(state["cpu"].cpu())
     if state["cuda"] is not None and device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str,
+                    keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A checkpoint written by save_atomic; a folder, an unreadable file or one that lacks
+    `keys` is one UserError (the file is left as it is)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"checkpoint {path} is a folder; give the path of a checkpoint file")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:
+        first = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]}"
+        raise UserError(f"cannot read the checkpoint {path} ({first}); delete it or give "
+                        f"another path to start over") from None
+    missing = [k for k in keys if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise UserError(f"{path} is not a patchnas checkpoint (no {missing[0]!r}); delete it "
+                        f"or give another path to start over")
+    return state
 
 
 def save_atomic(state: Any, path: str | Path) -> None:

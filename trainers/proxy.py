@@ -28,6 +28,7 @@ from trainers.data import Splits
 from trainers.layout import LAYOUTS, adopt_checkpoint_layout, starting_layout
 from trainers.plumbing import (
     NAN_CHECK_EVERY,
+    load_checkpoint,
     lr_scheduler,
     param_groups,
     resolve_device,
@@ -281,7 +282,8 @@ class _Run:
         save_atomic(state, self.checkpoint)
 
     def _load(self) -> None:
-        state = torch.load(self.checkpoint, map_location=self.t.device, weights_only=True)
+        state = load_checkpoint(self.checkpoint, self.t.device,
+                                ("model", "optimizer", "epoch", "step", "history", "recipe"))
         if state["recipe"] != asdict(self.recipe):
             raise UserError(f"checkpoint {self.checkpoint} was written with another recipe; "
                             f"delete it to start over")

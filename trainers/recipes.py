@@ -9,9 +9,10 @@ Torch-free, so the CLI can read and check a recipe before (or without) loading t
 
 from __future__ import annotations
 
-from dataclasses import MISSING, asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from spaces import checks
 from spaces.errors import UserError
 from trainers.schedule import SCHEDULES
 
@@ -96,18 +97,9 @@ def check_settings(epochs: int, batch_sizes: tuple[int, ...], lr: float, weight_
 
 
 def settings_from_dict(cls, values: dict[str, Any]):
-    """A recipe dataclass from a mapping; unknown or missing settings are one clear line."""
-    known = [f.name for f in fields(cls)]
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise UserError(f"unknown recipe setting {unknown[0]!r}; known: {', '.join(known)}")
-    missing = [f.name for f in fields(cls) if f.name not in values and f.default is MISSING]
-    if missing:
-        raise UserError(f"recipe: missing {', '.join(missing)}")
-    try:
-        return cls(**values)
-    except TypeError as err:
-        raise UserError(f"recipe: {err}") from None
+    """A recipe dataclass from a mapping: unknown keys, missing keys and wrong types are one
+    line naming the key (spaces.checks)."""
+    return checks.build(cls, values, "recipe")
 
 
 PUBLISHED = {

@@ -84,8 +84,12 @@ class StudySearcher(Searcher):
             self._requeue_orphans(study)
             self._adopted = True
         state = budget(study)
+        if state.done:
+            return Searcher.FINISHED  # the budget is spent, or the space searched to the end
         if (state.reserved >= state.total or state.space_full) and not state.waiting:
-            return Searcher.FINISHED  # the rest of the budget (or the space) is running or done
+            # the rest is running; ask again when a trial ends: one may end free (a twin
+            # discarded, a result reused, a retry) and leave its slot to a new trial
+            return None
         trial = study.ask()  # a queued trial first (presets, retries)
         self._spec.space.suggest(trial)  # the sampler picks the parameters here
         self.numbers[trial_id] = trial.number

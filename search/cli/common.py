@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from search.study import settings
+from spaces.errors import UserError
 
 
 class Parser(argparse.ArgumentParser):
@@ -56,6 +57,61 @@ def add_set_flag(parser: argparse.ArgumentParser) -> None:
         "--set", dest="sets", nargs="+", action=_SetAction, default=[], metavar="NAME=SPEC",
         help="set parameters in the 32 px search space's terms: NAME=VALUE fixes, "
              "NAME=LO..HI[:STEP] a range, NAME=a,b,c choices")
+
+
+def read_config(parser: argparse.ArgumentParser, path: str | None,
+                extra: dict[str, type]) -> dict[str, Any]:
+    """A `--config` YAML file, each key checked as its flag would be (the same type, range
+    and choices: the flags are the one definition of a setting), before anything is created.
+    `extra` names the keys only a file has, with the type of their value (str, dict, list).
+    Keys may be spelled with - or _ (`val-size` or `val_size`)."""
+    if not path:
+        return {}
+    from spaces.overrides import read_yaml_mapping
+
+    data = read_yaml_mapping(path, "--config", "family: convmixer")
+    skip = ("help", "config", "json", "sets")  # `set:` is in `extra`, as a mapping or list
+    actions = {a.dest: a for a in parser._actions if a.dest not in skip}
+    out: dict[str, Any] = {}
+    for raw, v in data.items():
+        key, where = raw.replace("-", "_"), f"--config {path}: {raw}"
+        if key in extra:
+            wanted = extra[key]
+            if v is not None and not isinstance(v, wanted):
+                raise UserError(f"{where}: expected {_KIND[wanted]}, got {_shown(v)}")
+            out[key] = v
+        elif key in actions:
+            out[key] = None if v is None else _as_flag(actions[key], v, where)
+        else:
+            known = sorted([*actions, *extra])
+            raise UserError(f"--config {path}: unknown setting {raw!r}; known: "
+                            f"{', '.join(known)}")
+    return out
+
+
+_KIND = {str: "a string", dict: "a mapping", list: "a list", (dict, list): "a mapping or a list"}
+
+
+def _as_flag(action: argparse.Action, v: Any, where: str) -> Any:
+    """A YAML value parsed as the text of its flag."""
+    if action.nargs == 0:  # a switch (--no-tracking): true or false
+        if not isinstance(v, bool):
+            raise UserError(f"{where}: expected true or false, got {_shown(v)}")
+        return v
+    if isinstance(v, (dict, list)) or (isinstance(v, bool) and action.type is not None):
+        raise UserError(f"{where}: expected one value, got {_shown(v)}")
+    text = str(v)
+    try:
+        out = action.type(text) if action.type else text
+    except (argparse.ArgumentTypeError, ValueError) as err:
+        raise UserError(f"{where}: {err}") from None
+    if action.choices is not None and out not in action.choices:
+        raise UserError(f"{where}: {text!r} is not one of {', '.join(map(str, action.choices))}")
+    return out
+
+
+def _shown(v: Any) -> str:
+    return "a mapping" if isinstance(v, dict) else "a list" if isinstance(v, list) else repr(v)
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
@@ -108,7 +164,12 @@ def storage_url(args: argparse.Namespace) -> str:
 def tracking_uri(args: argparse.Namespace) -> str | None:
     """--no-tracking, else --tracking-uri, else $PATCHNAS_TRACKING_URI ("off"), else the
     workspace's MLflow database."""
-    return settings.tracking_uri(args.tracking_uri, args.workspace, off=args.no_tracking)
+    from search.study.reach import check_tracking
+
+    uri = settings.tracking_uri(args.tracking_uri, args.workspace, off=args.no_tracking)
+    if uri is not None:
+        check_tracking(uri)  # a server that is down or a damaged file: one line, up front
+    return uri
 
 
 def print_json(data: Any) -> int:

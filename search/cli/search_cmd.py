@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
 
 from search.backends import BACKENDS
 from search.cli.common import (
@@ -19,6 +18,7 @@ from search.cli.common import (
     at_least,
     print_front,
     print_json,
+    read_config,
     storage_url,
     tracking_uri,
 )
@@ -32,7 +32,8 @@ STUDY_KEYS = ("family", "objectives", *SPEC_SETTINGS)
 RUN_KEYS = ("trials", "timeout", "workers", "gpus", "trials_per_gpu", "device", "storage",
             "workspace", "data", "backend", "ray_address", "ray_storage", "seed_presets",
             "no_tracking", "tracking_uri")
-FILE_ONLY = ("name", "set", "space", "recipe")  # also in a --config file
+# keys only a --config file has, with the type of their value
+FILE_ONLY = {"set": (dict, list), "recipe": dict}
 
 
 def add_commands(commands):
@@ -86,7 +87,7 @@ def add_commands(commands):
     add_tracking_flags(run)
     run.set_defaults(no_tracking=None)  # unset, so that a --config file may say it
     run.add_argument("--json", action="store_true", help="print the front as one JSON list")
-    run.set_defaults(run=_run)
+    run.set_defaults(run=_run, parser=run)
 
     worker = sub.add_parser("worker", help="join a running study (e.g. from another host)")
     worker.add_argument("name")
@@ -142,15 +143,6 @@ def add_commands(commands):
     return sub
 
 
-def _load_config(path: str | None) -> dict[str, Any]:
-    if not path:
-        return {}
-    from spaces.overrides import read_yaml_mapping
-
-    data = read_yaml_mapping(path, "--config", "family: convmixer")
-    return {k.replace("-", "_"): v for k, v in data.items()}
-
-
 def _given(value, default):
     """`value` unless it is unset (None): 0 is a value."""
     return default if value is None else value
@@ -161,11 +153,9 @@ def _run(args: argparse.Namespace) -> int:
     from search.backends.run import run_search
     from spaces.overrides import collect_overrides
     from spaces.params import parse_assignments
+    from trainers.recipes import Recipe
 
-    config = _load_config(args.config)
-    unknown = sorted(set(config) - set(STUDY_KEYS) - set(RUN_KEYS) - set(FILE_ONLY))
-    if unknown:
-        raise UserError(f"--config: unknown setting {unknown[0]!r}")
+    config = read_config(args.parser, args.config, FILE_ONLY)
     flags = {k: getattr(args, k, None) for k in (*STUDY_KEYS, *RUN_KEYS, "name")}
     s = resolve(flags, config)  # flags > --config > environment (search.study.settings)
     if not s["name"]:
@@ -173,11 +163,17 @@ def _run(args: argparse.Namespace) -> int:
     # the config's space file, then its `set` (a mapping or NAME=SPEC items), then the flags
     overrides = collect_overrides([], config.get("space"))
     file_sets = config.get("set") or {}
-    overrides.update(parse_assignments(file_sets) if isinstance(file_sets, list) else file_sets)
+    overrides.update(parse_assignments(map(str, file_sets)) if isinstance(file_sets, list)
+                     else file_sets)
     overrides.update(collect_overrides(args.sets, args.space))
     given = {k: s[k] for k in STUDY_KEYS}
     given["overrides"] = overrides or None
     given["recipe"] = config.get("recipe")
+    if given["recipe"] is not None:  # checked here, to say which file it came from
+        try:
+            Recipe.from_dict({"epochs": 1, **given["recipe"]})
+        except UserError as err:
+            raise UserError(f"--config {args.config}: {err}") from None
     gpus = s["gpus"]
     if isinstance(gpus, str):
         try:

@@ -26,6 +26,7 @@ def add_commands(commands) -> None:
 
 
 def _ui(args: argparse.Namespace) -> int:
+    from search.study.reach import check_tracking
     from search.study.settings import tracking_uri
     from search.study.workspace import default_tracking_uri, workspace_dir
     from tracking.ui import PortBusy, serve
@@ -39,6 +40,7 @@ def _ui(args: argparse.Namespace) -> int:
                         f"(patchnas search run ...) or give --workspace / --tracking-uri")
     if not 0 < args.port < 65536:
         raise UserError(f"--port {args.port}: give a port between 1 and 65535")
+    check_tracking(uri)
     path = ""
     if args.study:
         from tracking.runs import experiment_id

@@ -4,7 +4,10 @@ retries (MLflow retries HTTP for about two minutes; Ray waits for a head that ne
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import sqlite3
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from spaces.errors import UserError
@@ -66,8 +69,35 @@ def check_tracking(uri: str) -> None:
         shown, fix = uri.split("?")[0], ("start it (mlflow server ...), fix --tracking-uri, or "
                                          "give --no-tracking")
         _check_answers(shown, fix)
-    elif scheme not in ("", "file", "sqlite", "postgresql", "mysql", "mssql") and not (
+    elif scheme == "sqlite":
+        check_sqlite_file(sqlite_path(uri), "the MLflow database", "--tracking-uri")
+    elif scheme not in ("", "file", "postgresql", "mysql", "mssql") and not (
             scheme.startswith(("postgresql+", "mysql+", "mssql+")) or len(scheme) == 1):
         raise UserError(f"--tracking-uri {uri.split('?')[0]}: MLflow cannot use a {scheme}:// "
                         f"store; give http(s)://HOST:PORT, sqlite:///FILE, a folder, or "
                         f"--no-tracking")
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file of a sqlite:/// URL (None for other URLs and in-memory databases)."""
+    if not url.startswith("sqlite"):
+        return None
+    path = url.split("///", 1)[-1].split("?", 1)[0]
+    return path if path and path != ":memory:" else None
+
+
+def check_sqlite_file(path: str | None, what: str, flag: str) -> None:
+    """A SQLite file that exists must be a sound database. A corrupt one (a truncated copy,
+    a disk that failed) is reported and never touched: nothing is written to it, and no new
+    database is made over it. quick_check reads every page once (milliseconds per MB)."""
+    if path is None or not Path(path).is_file():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True,
+                                                timeout=60)) as db:
+            verdict = db.execute("PRAGMA quick_check(1)").fetchone()[0]
+    except sqlite3.Error as err:
+        verdict = str(err)
+    if verdict != "ok":
+        raise UserError(f"{what} {path} is damaged ({verdict}); it was left as it is: restore "
+                        f"it from a backup, or give {flag} a new file")

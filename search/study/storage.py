@@ -14,7 +14,7 @@ import optuna
 import sqlalchemy
 from sqlalchemy.engine import make_url
 
-from search.study.reach import CONNECT_SECONDS
+from search.study.reach import CONNECT_SECONDS, check_sqlite_file, sqlite_path
 from spaces.errors import UserError
 
 # a trial whose worker missed heartbeats for GRACE seconds is failed and queued again
@@ -49,6 +49,7 @@ def open_storage(url: str, heartbeat: bool = True,
                 raise UserError(f"no study storage at {path}: the file does not exist; check "
                                 f"--storage / $PATCHNAS_STORAGE / --workspace, or create a "
                                 f"study there with `patchnas search run`")
+            check_sqlite_file(path, "the study storage", "--storage")
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             _write_ahead_log(path)
         engine_kwargs = {"connect_args": {"timeout": 60}}
@@ -82,14 +83,6 @@ def _schema_race(reason: str) -> bool:
     alembic's version row, made by the other one first)."""
     return any(words in reason for words in ("already exists", "UNIQUE constraint failed",
                                              "duplicate key value"))
-
-
-def sqlite_path(url: str) -> str | None:
-    """The file of a sqlite:/// URL (None for other URLs and in-memory databases)."""
-    if not url.startswith("sqlite"):
-        return None
-    path = url.split("///", 1)[-1].split("?", 1)[0]
-    return path if path and path != ":memory:" else None
 
 
 def missing_file(url: str) -> str | None:

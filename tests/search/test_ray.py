@@ -88,11 +88,12 @@ def test_one_objective_is_pruned_by_ashas_rungs_as_pruned(tiny_data, tmp_path, c
         assert len(r.curve) == int(r.reason.rsplit(" ", 1)[1]) in (1, 2)
 
 
-def _slow_study(name: str, ws: Path, data: Path, extra: list[str]) -> list[str]:
+def _slow_study(name: str, ws: Path, data: Path, extra: list[str], epochs: int = 4
+                ) -> list[str]:
     """A study whose trials take seconds each, so something can be killed mid-trial."""
     return [sys.executable, "-m", "search", "search", "run", "--name", name, "--family",
             "convmixer", "--set", "h=96", "d=3", "p=2", "k=3,5,7", "--trials", "4",
-            "--epochs", "6", "--pruner", "none", "--val-size", "40", "--device", "cpu",
+            "--epochs", str(epochs), "--pruner", "none", "--val-size", "40", "--device", "cpu",
             "--data", str(data), "--workspace", str(ws), "--backend", "ray", "--no-tracking",
             *extra]
 
@@ -103,15 +104,17 @@ def _ray_trial_pids() -> list[int]:
 
 def _finished_once(trials, budget: int) -> None:
     assert not [t for t in trials if t.state == TrialState.RUNNING]
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len(complete) == budget  # none lost, none repeated
+    # trained (REUSED twins are COMPLETE in Optuna but free): the budget, each architecture once
+    trained = [TrialRecord.from_trial(t) for t in trials if state_of(t) == "COMPLETE"]
+    assert len(trained) == budget, [state_of(t) for t in trials]  # none lost, none repeated
+    assert len({r.arch_hash for r in trained}) == budget
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert all(TrialRecord.from_trial(t).reason for t in failed)
 
 
 def test_killing_the_driver_then_rerunning_keeps_finished_trials(tiny_data, tmp_path):
     ws = tmp_path / "ws"
-    cmd = _slow_study("kd", ws, tiny_data, ["--workers", "1"])
+    cmd = _slow_study("kd", ws, tiny_data, ["--workers", "1"], epochs=2)
     driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     wait_for(lambda: any(t.state == TrialState.COMPLETE for t in study_trials(ws, "kd")),
@@ -148,8 +151,13 @@ def test_a_killed_ray_worker_on_a_two_node_cluster_is_retried(tiny_data, tmp_pat
                                             "--storage", url])
     driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               text=True, env=env)
-    wait_for(lambda: bool(_ray_trial_pids()), 240, "a running Ray trial")
-    time.sleep(3)  # into its epochs
+    def training() -> bool:  # each running trial has started (so a restart shows) and one
+        running = [TrialRecord.from_trial(t) for t in optuna.load_study(  # is in its epochs
+            study_name=name, storage=url).trials if t.state == TrialState.RUNNING]
+        return (bool(running) and all(r.ray_attempt >= 1 for r in running)
+                and any(r.curve for r in running))
+
+    wait_for(training, 240, "a Ray trial in its epochs", ignore=(KeyError,))  # no study yet
     victim = _ray_trial_pids()[0]
     os.kill(victim, signal.SIGKILL)
     _, err = driver.communicate(timeout=600)

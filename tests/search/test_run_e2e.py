@@ -15,6 +15,8 @@ from tests.helpers import CIFAR_ARCHIVE, pids_where, wait_for
 
 PATCHNAS = str(Path(sys.executable).with_name("patchnas"))
 SPACE = ["--family", "convmixer", "--set", "h=64..96", "d=2..3", "p=4", "k=3,5"]
+# trials of a few seconds an epoch, to be killed or interrupted in the middle
+LONG_SPACE = ["--family", "convmixer", "--set", "h=48..64:16", "d=2", "p=4", "k=3,5"]
 
 
 def env_for(workspace):
@@ -94,8 +96,8 @@ def _started(workspace, name):
 
 def _start_long_study(workspace, name, stderr=subprocess.PIPE):
     """Start a study of 4 trials x 3 epochs and wait until a trial is training."""
-    cmd = [PATCHNAS, "search", "run", "--name", name, *SPACE, "--trials", "4", "--epochs",
-           "3", "--subset", "2000", "--val-size", "500", "--workers", "2", "--device",
+    cmd = [PATCHNAS, "search", "run", "--name", name, *LONG_SPACE, "--trials", "4",
+           "--epochs", "3", "--subset", "1000", "--val-size", "250", "--workers", "2", "--device",
            "cpu", "--pruner", "none", "--data", str(CIFAR_ARCHIVE)]
     run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True,
                            env=env_for(workspace))

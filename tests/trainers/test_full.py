@@ -126,7 +126,7 @@ def test_bad_input_ends_in_one_line(tmp_path, imagenette_small, capsys):
     }
     expected = {"unknown family": "unknown family 'resnet'",
                 "missing field": "model.image_size is missing",
-                "unknown parameter": "unknown parameter 'z'",
+                "unknown parameter": "model.config (convmixer): unknown key 'z'",
                 "bad recipe": "lr must be positive"}
     for name, doc in cases.items():
         path = tmp_path / f"{name}.yaml"
