@@ -29,7 +29,19 @@ def read_yaml_mapping(path: str | Path, flag: str, example: str) -> dict[str, An
 
 def load_space_file(path: str | Path) -> dict[str, Any]:
     """A YAML mapping NAME: SPEC (a value, 'LO..HI[:STEP]', 'a,b,c' or a list of choices)."""
-    return read_yaml_mapping(path, "--space", "h: 64..256")
+    return check_specs(read_yaml_mapping(path, "--space", "h: 64..256"), f"--space {path}")
+
+
+def check_specs(specs: dict[str, Any], where: str) -> dict[str, Any]:
+    """Each NAME: SPEC of a file is a value, a range string or a list of values."""
+    def scalar(v: Any) -> bool:
+        return isinstance(v, (str, int, float))  # a bool too (act: true is refused later)
+
+    for name, spec in specs.items():
+        if not (scalar(spec) or isinstance(spec, list) and spec and all(map(scalar, spec))):
+            raise UserError(f"{where}: {name}: expected a value, a range such as 64..256 or a "
+                            f"list of choices, got {spec!r}")
+    return specs
 
 
 def collect_overrides(sets: list[str] | None, space_file: str | None) -> dict[str, Any]:

@@ -9,6 +9,7 @@ CLI can check a recipe without loading torch.
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,8 @@ def load_checkpoint(path: str | Path, device: torch.device | str,
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:
-        first = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]}"
+        first = ("not a file torch.save wrote" if isinstance(err, pickle.UnpicklingError)
+                 else f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]}")
         raise UserError(f"cannot read the checkpoint {path} ({first}); delete it or give "
                         f"another path to start over") from None
     missing = [k for k in keys if not isinstance(state, dict) or k not in state]

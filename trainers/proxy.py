@@ -130,6 +130,16 @@ class ProxyTrainer:
                               start)
 
 
+CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "step", "history", "recipe")
+
+
+def check_checkpoint(path: str | Path | None) -> None:
+    """A checkpoint to resume from can be read: a folder or a damaged file is refused before
+    any work starts (its own load reads it again; proxy checkpoints are small)."""
+    if path is not None and Path(path).exists():
+        load_checkpoint(path, "cpu", CHECKPOINT_KEYS)
+
+
 def checkpoint_history(path: str | Path) -> list[dict[str, float]]:
     """The epochs a checkpoint has trained (what a resumed fit will not report again); [] when
     there is none or it cannot be read (the fit then reports the problem)."""
@@ -282,8 +292,7 @@ class _Run:
         save_atomic(state, self.checkpoint)
 
     def _load(self) -> None:
-        state = load_checkpoint(self.checkpoint, self.t.device,
-                                ("model", "optimizer", "epoch", "step", "history", "recipe"))
+        state = load_checkpoint(self.checkpoint, self.t.device, CHECKPOINT_KEYS)
         if state["recipe"] != asdict(self.recipe):
             raise UserError(f"checkpoint {self.checkpoint} was written with another recipe; "
                             f"delete it to start over")

@@ -10,7 +10,7 @@ from typing import Any
 
 import spaces
 from search.study.workspace import load_splits, workspace_dir
-from trainers.proxy import ProxyTrainer, Recipe
+from trainers.proxy import ProxyTrainer, Recipe, check_checkpoint
 
 
 def train_proxy(*, preset: str | None = None, family: str | None = None,
@@ -24,6 +24,7 @@ def train_proxy(*, preset: str | None = None, family: str | None = None,
     recipe = recipe or Recipe()
     fam, proxy, _ = spaces.resolve(preset, family=family, overrides=overrides)
     trainer = ProxyTrainer(recipe, device=device, compile=compile)  # checks the device first
+    check_checkpoint(checkpoint)
     splits = load_splits(data, workspace_dir(workspace), download=download, val_size=val_size,
                          subset=subset, seed=seed)
     config = fam.to_target(proxy, splits.image_size)  # the proxy itself on 32 px data

@@ -151,7 +151,7 @@ def _given(value, default):
 def _run(args: argparse.Namespace) -> int:
     from search.backends.base import RunOptions
     from search.backends.run import run_search
-    from spaces.overrides import collect_overrides
+    from spaces.overrides import check_specs, collect_overrides
     from spaces.params import parse_assignments
     from trainers.recipes import Recipe
 
@@ -164,7 +164,7 @@ def _run(args: argparse.Namespace) -> int:
     overrides = collect_overrides([], config.get("space"))
     file_sets = config.get("set") or {}
     overrides.update(parse_assignments(map(str, file_sets)) if isinstance(file_sets, list)
-                     else file_sets)
+                     else check_specs(file_sets, f"--config {args.config}: set"))
     overrides.update(collect_overrides(args.sets, args.space))
     given = {k: s[k] for k in STUDY_KEYS}
     given["overrides"] = overrides or None
@@ -295,6 +295,7 @@ def _delete(args: argparse.Namespace) -> int:
 
     url = storage_url(args)
     load_study(args.name, url)  # a study that is not there: one line, nothing asked
+    uri = tracking_uri(args)  # a damaged or unreachable MLflow store: refused before deleting
     if not args.yes:
         if not sys.stdin.isatty():
             raise UserError(f"delete study {args.name}: give --yes (no terminal to ask on)")
@@ -303,7 +304,6 @@ def _delete(args: argparse.Namespace) -> int:
             print("nothing deleted", file=sys.stderr)
             return 1
     delete_study(args.name, url)
-    uri = tracking_uri(args)
     experiment = None
     if uri is not None and not missing_file(uri):  # no MLflow store there: nothing to mark
         from tracking.runs import delete_experiment
