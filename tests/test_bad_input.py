@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from search.cli import main
-from tests.helpers import TINY_SETS
+from tests.helpers import TINY_SETS, postgres_url
 
 TINY = ["--family", "convmixer", "--set", *TINY_SETS]
 RUN = ["search", "run", "--name", "s", "--trials", "1", "--epochs", "1", "--val-size", "40",
@@ -252,3 +252,14 @@ def test_a_bug_is_one_line_and_its_traceback_is_in_the_workspace_logs(tmp_path, 
     monkeypatch.setenv("PATCHNAS_DEBUG", "1")
     with pytest.raises(ZeroDivisionError):
         main(["search", "list", "--workspace", str(ws)])
+
+
+def test_a_wrong_database_password_is_one_line_without_the_password(capsys):
+    from sqlalchemy.engine import make_url
+
+    url = make_url(postgres_url()).set(password="not-the-password-42")
+    shown = url.render_as_string(hide_password=False)
+    assert main(["search", "list", "--storage", shown]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "password authentication failed" in lines[0], lines
+    assert "not-the-password-42" not in lines[0] and ":***@" in lines[0]
