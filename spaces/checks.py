@@ -23,7 +23,7 @@ def build(cls: type, values: Any, where: str) -> Any:
     """`cls(**values)`, once every key is known, present and of its field's type."""
     if not isinstance(values, Mapping):
         raise UserError(f"{where}: expected a mapping of {', '.join(names(cls))}, got "
-                        f"{_shown(values)}")
+                        f"{shown(values)}")
     known = names(cls)
     unknown = sorted(str(k) for k in values if k not in known)
     if unknown:
@@ -58,25 +58,26 @@ def value(v: Any, hint: Any, where: str) -> Any:
         return v
     if origin in (tuple, list):
         if not isinstance(v, (list, tuple)):
-            raise UserError(f"{where}: expected a list, got {_shown(v)}")
+            raise UserError(f"{where}: expected a list, got {shown(v)}")
         (item, *_) = typing.get_args(hint) or (Any,)
         out = [value(x, item, f"{where}[{i}]") for i, x in enumerate(v)]
         return tuple(out) if origin is tuple else out
     if origin is dict or hint is dict:
         if not isinstance(v, Mapping):
-            raise UserError(f"{where}: expected a mapping, got {_shown(v)}")
+            raise UserError(f"{where}: expected a mapping, got {shown(v)}")
         return dict(v)
     if hint in _NOUNS:
         ok = isinstance(v, hint) and not (hint is not bool and isinstance(v, bool))
         if hint is float and isinstance(v, int) and not isinstance(v, bool):
             return float(v)
         if not ok:
-            raise UserError(f"{where}: expected {_NOUNS[hint]}, got {_shown(v)}")
+            raise UserError(f"{where}: expected {_NOUNS[hint]}, got {shown(v)}")
         return v
     return v
 
 
-def _shown(v: Any) -> str:
+def shown(v: Any) -> str:
+    """A value as a message names it: its repr, or its kind for a mapping or a list."""
     if isinstance(v, Mapping):
         return "a mapping"
     if isinstance(v, (list, tuple)):

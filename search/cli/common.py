@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from search.study import settings
+from spaces import checks
 from spaces.errors import UserError
 
 
@@ -78,7 +79,7 @@ def read_config(parser: argparse.ArgumentParser, path: str | None,
         if key in extra:
             wanted = extra[key]
             if v is not None and not isinstance(v, wanted):
-                raise UserError(f"{where}: expected {_KIND[wanted]}, got {_shown(v)}")
+                raise UserError(f"{where}: expected {_KIND[wanted]}, got {checks.shown(v)}")
             out[key] = v
         elif key in actions:
             out[key] = None if v is None else _as_flag(actions[key], v, where)
@@ -96,10 +97,10 @@ def _as_flag(action: argparse.Action, v: Any, where: str) -> Any:
     """A YAML value parsed as the text of its flag."""
     if action.nargs == 0:  # a switch (--no-tracking): true or false
         if not isinstance(v, bool):
-            raise UserError(f"{where}: expected true or false, got {_shown(v)}")
+            raise UserError(f"{where}: expected true or false, got {checks.shown(v)}")
         return v
     if isinstance(v, (dict, list)) or (isinstance(v, bool) and action.type is not None):
-        raise UserError(f"{where}: expected one value, got {_shown(v)}")
+        raise UserError(f"{where}: expected one value, got {checks.shown(v)}")
     text = str(v)
     try:
         out = action.type(text) if action.type else text
@@ -108,10 +109,6 @@ def _as_flag(action: argparse.Action, v: Any, where: str) -> Any:
     if action.choices is not None and out not in action.choices:
         raise UserError(f"{where}: {text!r} is not one of {', '.join(map(str, action.choices))}")
     return out
-
-
-def _shown(v: Any) -> str:
-    return "a mapping" if isinstance(v, dict) else "a list" if isinstance(v, list) else repr(v)
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
