@@ -334,7 +334,10 @@ def _tuner(spec: StudySpec, workspace: Path, data: str, options, tracking_uri, t
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=StudySearcher(spec.name), scheduler=scheduler,
-                                    num_samples=-1, max_concurrent_trials=concurrency),
+                                    num_samples=-1, max_concurrent_trials=concurrency,
+                                    # a new process per trial pays for importing torch (and
+                                    # on a GPU, a CUDA context) again: seconds per trial
+                                    reuse_actors=True),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, verbose=0,
             failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),

@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from search.cli import main
 from search.study.record import TrialRecord
 from search.study.results import state_of
+from search.study.storage import open_storage
 from search.study.studies import load_study
 from spaces.errors import UserError
 from tests.helpers import (
@@ -132,7 +133,7 @@ def test_killing_the_driver_then_rerunning_keeps_finished_trials(tiny_data, tmp_
         assert trials[number].state == TrialState.COMPLETE and trials[number].values == values
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ray_cluster():
     """A head node and a second node process on loopback."""
     with ray_head("--include-dashboard=false", nodes=2) as cluster:
@@ -150,18 +151,21 @@ def test_a_killed_ray_worker_on_a_two_node_cluster_is_retried(tiny_data, tmp_pat
                                             "--storage", url])
     driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               text=True, env=env)
+    storage = open_storage(url, heartbeat=False)  # one pool for all the polling below
+    victims: list[int] = []
+
     def training() -> bool:  # each running trial has started (so a restart shows) and one
         running = [TrialRecord.from_trial(t) for t in optuna.load_study(  # is in its epochs
-            study_name=name, storage=url).trials if t.state == TrialState.RUNNING]
-        return (bool(running) and all(r.ray_attempt >= 1 for r in running)
-                and any(r.curve for r in running))
+            study_name=name, storage=storage).trials if t.state == TrialState.RUNNING]
+        victims[:] = [int(r.worker.rpartition(":")[2]) for r in running if r.curve]
+        return bool(victims) and all(r.ray_attempt >= 1 for r in running)
 
     wait_for(training, 240, "a Ray trial in its epochs", ignore=(KeyError,))  # no study yet
-    victim = _ray_trial_pids()[0]
-    os.kill(victim, signal.SIGKILL)
+    assert victims[0] in _ray_trial_pids()  # the Ray worker process that trains that trial
+    os.kill(victims[0], signal.SIGKILL)
     _, err = driver.communicate(timeout=600)
     assert driver.returncode == 0, err
-    trials = optuna.load_study(study_name=name, storage=url).trials
+    trials = optuna.load_study(study_name=name, storage=storage).trials
     _finished_once(trials, 4)
     assert max(TrialRecord.from_trial(t).ray_attempt for t in trials) >= 2  # Ray retried
 

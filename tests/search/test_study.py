@@ -60,7 +60,7 @@ def test_resume_grows_the_budget_and_warns_about_other_data(tmp_path):
     ({"family": "resnet"}, "unknown family"),
     ({"overrides": {"depth": "2"}}, "unknown parameter"),
     ({"epochs": 0}, "must be >= 1"),
-    ({"recipe": {"momentum": 0.9}}, "unknown recipe setting"),
+    ({"recipe": {"momentum": 0.9}}, "recipe: unknown key 'momentum'"),
 ])
 def test_bad_settings_are_one_clear_error(changes, message):
     with pytest.raises(UserError, match=message):
