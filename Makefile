@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint pictures clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/pytest --durations=12  # the slowest tests, to keep the suite under 15 minutes
+
+# the README's pictures of a real study (needs chromium); check them by eye
+pictures: $(STAMP)
+	$(BIN)/python docs/pictures.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

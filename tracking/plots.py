@@ -40,7 +40,7 @@ def pareto_png(points: Sequence[Mapping[str, Any]], title: str) -> bytes:
         ax.set_xscale("log" if x_key != "val_acc" else "linear")
         ax.set_xlabel(x_key)
         ax.set_ylabel(y_key)
-        ax.legend(loc="lower right")
+        ax.legend(loc="best")  # never over a point
     ax.set_title(title)
     return _png(fig)
 

@@ -27,6 +27,30 @@ class PortBusy(Exception):
     """The UI's port is taken."""
 
 
+def runs_page(experiment_id: str) -> str:
+    """The page of an experiment's runs, in the Model training view. MLflow 3.17 lands an
+    experiment on the GenAI overview unless the URL (or the browser's last choice) says
+    `workflowType=machine_learning`; the experiment's `mlflow.experimentKind` tag alone does
+    not choose the page."""
+    return f"/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def chart_page(experiment_id: str) -> str:
+    return runs_page(experiment_id) + "&compareRunsMode=CHART"
+
+
+def artifact_page(experiment_id: str, run_id: str, path: str) -> str:
+    return (f"/#/experiments/{experiment_id}/runs/{run_id}/artifacts/{path}"
+            "?workflowType=machine_learning")
+
+
+# the expand button of each parent run in the runs table (MLflow 3.17's markup)
+EXPAND_PARENTS = "[id^='cell-attributes.`Run Name`'] button"
+# the browser state that keeps MLflow's assistant panel closed on a first visit
+ASSISTANT_CLOSED = {"mlflow.assistant.panelOpen_v1": "false",
+                    "mlflow.assistant.fab.autoOpenedOnFirstLoad_v1": "true"}
+
+
 def port_is_free(host: str, port: int) -> bool:
     with socket.socket() as s:
         try:

@@ -44,12 +44,13 @@ def _ui(args: argparse.Namespace) -> int:
     path = ""
     if args.study:
         from tracking.runs import experiment_id
+        from tracking.ui import runs_page
 
         found = experiment_id(uri, args.study)
         if found is None:
             raise UserError(f"no MLflow experiment for study {args.study} in "
                             f"{uri.split('?')[0]}; `patchnas search list` names the studies")
-        path = f"/#/experiments/{found}/runs"
+        path = runs_page(found)
     try:
         return serve(uri, args.port, log=lambda m: print(m, file=sys.stderr, flush=True),
                      path=path, open_browser=args.open)

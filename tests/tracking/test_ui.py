@@ -1,25 +1,24 @@
 """`patchnas ui` serves the study's runs; headless Chromium renders them (and a screenshot)."""
 
-import json
 import os
-import shutil
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 from mlflow import MlflowClient
 
 from search.cli import main
 from search.study.workspace import default_tracking_uri as default_uri
-from tests.helpers import CHROMIUM_FLAGS, free_port, need, wait_http
+from tests.helpers import free_port, need, wait_for, wait_http
+from tracking.browser import Browser, chromium
+from tracking.ui import EXPAND_PARENTS, artifact_page, runs_page
 
 PATCHNAS = str(Path(sys.executable).with_name("patchnas"))
 
 
-def test_ui_shows_the_study_runs_in_chromium(tmp_path, tiny_data, capsys, monkeypatch):
-    chromium = shutil.which("chromium")
-    need(chromium is not None, "Debian's chromium is not installed (.ci/run installs it)")
+def test_ui_opens_the_study_as_a_reviewer_sees_it_in_chromium(tmp_path, tiny_data, capsys,
+                                                                monkeypatch):
+    need(chromium() is not None, "Debian's chromium is not installed (.ci/run installs it)")
     monkeypatch.setenv("PATCHNAS_THREADS", "1")
     ws = tmp_path / "ws"
     assert main(["search", "run", "--name", "uistudy", "--family", "convmixer", "--set",
@@ -27,37 +26,48 @@ def test_ui_shows_the_study_runs_in_chromium(tmp_path, tiny_data, capsys, monkey
                  "--val-size", "40", "--device", "cpu", "--data", str(tiny_data),
                  "--workspace", str(ws)]) == 0
     capsys.readouterr()
-    experiment = MlflowClient(default_uri(ws)).get_experiment_by_name("uistudy")
+    client = MlflowClient(default_uri(ws))
+    experiment = client.get_experiment_by_name("uistudy")
+    eid = experiment.experiment_id
+    parent = client.search_runs([eid], "tags.`patchnas.role` = 'study'")[0].info.run_id
+    children = [r.info.run_name for r in client.search_runs([eid], "tags.`patchnas.role` = "
+                                                                   "'trial'")]
+    assert len(children) == 3
     port = free_port()
     log = tmp_path / "ui.log"
     with open(log, "w") as out:
-        ui = subprocess.Popen([PATCHNAS, "ui", "--port", str(port), "--workspace", str(ws)],
-                              stdout=out, stderr=out)
+        ui = subprocess.Popen([PATCHNAS, "ui", "uistudy", "--port", str(port), "--workspace",
+                               str(ws)], stdout=out, stderr=out)
     try:
         base = f"http://127.0.0.1:{port}"
         assert wait_http(f"{base}/health", 90), "the MLflow UI did not come up"
-        # the REST API behind the page lists the study's runs
-        body = json.dumps({"experiment_ids": [experiment.experiment_id]}).encode()
-        req = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", data=body,
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as r:
-            assert len(json.load(r)["runs"]) == 4  # the parent and three trials
-        page = f"{base}/#/experiments/{experiment.experiment_id}/runs"
-        profile = tmp_path / "chromium-profile"
-        dom = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
-                              "--dump-dom", page], capture_output=True, text=True,
-                             timeout=120)
-        assert "uistudy" in dom.stdout, dom.stderr[-2000:]
-        assert "<strong>4</strong> matching runs" in dom.stdout
-        shot = Path(os.environ.get("PATCHNAS_SCREENSHOT_DIR", tmp_path)) / "mlflow-ui.png"
-        shot.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
-                        f"--screenshot={shot}", page], capture_output=True, timeout=120)
-        assert shot.exists() and shot.stat().st_size > 10_000
+        printed = log.read_text().split()[2]  # "MLflow UI: URL  (Ctrl-C stops it)"
+        assert printed == base + runs_page(eid)
+        with Browser(tmp_path / "bare-profile") as browser:  # what a bare link shows:
+            browser.open(f"{base}/#/experiments/{eid}")  # the GenAI overview, not the runs
+            browser.wait_for_text("Evaluation runs", "No data available")
+            assert "/overview" in browser.evaluate("location.href")
+        with Browser(tmp_path / "profile") as browser:
+            browser.open(printed)
+            # the Model training runs view: its sidebar (Runs, Models, Model registry), the
+            # runs table with the parent; none of the GenAI pages
+            shown = browser.wait_for_text("Model registry", "4 matching runs", "uistudy")
+            assert "Evaluation runs" not in shown and "No data available" not in shown
+            assert "/runs" in browser.evaluate("location.href")
+            assert not any(name in shown for name in children)  # collapsed under the parent
+            wait_for(lambda: browser.click(EXPAND_PARENTS) == 1, 30, "the parent's expander")
+            browser.wait_for_text(*children, timeout=30)
+            shot = Path(os.environ.get("PATCHNAS_SCREENSHOT_DIR", tmp_path)) / "runs.png"
+            assert browser.screenshot(shot).stat().st_size > 10_000
+            # the parent's Pareto picture opens in the artifact view
+            browser.open(base + artifact_page(eid, parent, "pareto.png"))
+            browser.wait_for_text("pareto.png", "pareto.html", "front_table.json")
+            wait_for(lambda: browser.evaluate(
+                "Array.from(document.images).some(i => i.src.startsWith('blob:') && "
+                "i.naturalWidth > 300)"), 30, "the Pareto picture")
     finally:
         ui.terminate()
         ui.wait(timeout=60)
-    assert f"http://127.0.0.1:{port}" in log.read_text()
     assert not wait_http(f"http://127.0.0.1:{port}/health", 3)  # the server went with it
 
 
@@ -80,7 +90,7 @@ def test_ui_study_prints_the_url_of_that_studys_runs(tmp_path):
                            str(ws)], stderr=subprocess.PIPE, text=True)
     try:
         first = ui.stderr.readline()
-        assert f"http://127.0.0.1:{port}/#/experiments/{runs.experiment_id}/runs" in first
+        assert f"http://127.0.0.1:{port}{runs_page(runs.experiment_id)}" in first
         # (the page itself is rendered by the Chromium test above)
         assert MlflowClient(uri).get_experiment(runs.experiment_id).tags[
             "mlflow.experimentKind"] == "custom_model_development"  # the runs view
