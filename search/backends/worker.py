@@ -18,10 +18,12 @@ import time
 from pathlib import Path
 
 import optuna
+from optuna.trial import TrialState
 
 from search.backends.pruners import make_pruner, optuna_pruner
-from search.backends.runner import Discarded, TrialFailed, TrialRunner
+from search.backends.runner import WORKER, Discarded, TrialFailed, TrialRunner, queue_again
 from search.backends.samplers import make_sampler, run_stream
+from search.study.record import TrialRecord, live_trial
 from search.study.results import budget
 from search.study.spec import StudySpec
 from search.study.studies import load_spec, load_study
@@ -104,8 +106,14 @@ def run_trials(study: optuna.Study, runner: TrialRunner, parent: int | None = No
         if discarded:  # twins of trials in flight, sampled in a row: let those progress
             time.sleep(min(WAIT_SECONDS, 0.2 * discarded))
         runner.budget = state.total
-        study.optimize(runner, n_trials=1, catch=(TrialFailed, Discarded),
-                       gc_after_trial=False)
+        try:
+            study.optimize(runner, n_trials=1, catch=(TrialFailed, Discarded),
+                           gc_after_trial=False)
+        except BaseException:
+            if STOPPING:  # the signal may land outside the runner's own handling (inside
+                _end_own_trials(study)  # Optuna's tell, say): leave no trial of ours RUNNING
+                raise KeyboardInterrupt from None
+            raise
         discarded = discarded + 1 if runner.discarded else 0
         ran += 1
 
@@ -138,12 +146,29 @@ def die_with_parent() -> None:
         pass
 
 
+STOPPING = False  # set by SIGINT/SIGTERM in a worker process
+
+
 def install_signal_handlers() -> None:
     """SIGTERM ends a worker like Ctrl-C: its trial is failed, queued again, nothing hangs."""
     def stop(signum, frame):
+        global STOPPING
+        STOPPING = True
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, stop)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
+
+
+def _end_own_trials(study: optuna.Study) -> None:
+    """Fail this worker's RUNNING trials; queue again those not yet decided."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        r = TrialRecord.from_trial(t)
+        if r.worker != WORKER:
+            continue
+        if r.state is None:  # stopped in its training: trained again later
+            queue_again(study, live_trial(study, t), "interrupted")
+        study.tell(t.number, state=TrialState.FAIL)
 
 
 def threads_from_env() -> None:
