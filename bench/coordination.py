@@ -27,7 +27,6 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def _bare_worker(url: str, name: str, n: int, sleep_s: float, seed: int) -> None:
@@ -51,22 +50,18 @@ def _bare_worker(url: str, name: str, n: int, sleep_s: float, seed: int) -> None
 
 def _ours_worker(url: str, name: str, sleep_s: float, workspace: str, seed: int) -> None:
     import optuna
-    from search_overhead import ZeroCostTrainer, tiny_data
 
     from search.backends.runner import TrialRunner
     from search.backends.samplers import make_sampler
     from search.backends.worker import run_trials
     from search.study.studies import load_spec, load_study
-
-    class Sleeping(ZeroCostTrainer):
-        def fit(self, *args, **kwargs):
-            time.sleep(sleep_s)
-            return super().fit(*args, **kwargs)
+    from trainers.zero import ZeroCostTrainer, zero_data
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     spec = load_spec(load_study(name, url))
     study = load_study(name, url, heartbeat=True, sampler=make_sampler(spec, seed))
-    run_trials(study, TrialRunner(study, spec, tiny_data(), Sleeping(), Path(workspace)))
+    run_trials(study, TrialRunner(study, spec, zero_data(), ZeroCostTrainer(sleep_s),
+                                         Path(workspace)))
 
 
 def _run(target, args_of, n: int) -> None:

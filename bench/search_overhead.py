@@ -22,37 +22,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import optuna
-import torch
 
 from search.backends.runner import TrialRunner
 from search.backends.samplers import make_sampler
 from search.backends.worker import run_trials
 from search.study.spec import build_spec
 from search.study.studies import create_or_resume
-from trainers.data import Splits
-from trainers.proxy import DeviceData, ProxyResult
+from trainers.zero import ZeroCostTrainer, zero_data
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-class ZeroCostTrainer:
-    """Stands in for ProxyTrainer: reports one epoch and returns at once."""
-
-    device = torch.device("cpu")
-
-    def fit(self, model, data, report=None, seed=0, checkpoint=None, evaluate_test=False):
-        acc = float(torch.rand(1))
-        if report is not None:
-            report(1, {"epoch": 1, "val_acc": acc, "train_loss": 1.0, "lr": 0.0,
-                       "epoch_seconds": 0.0, "images_per_s": 0.0})
-        return ProxyResult("completed", None, acc, 1.0, 1, [0.0], 0.0, 0.0, None, None)
-
-
-def tiny_data() -> DeviceData:
-    x = torch.zeros(20, 3, 32, 32, dtype=torch.uint8)
-    y = torch.arange(20) % 10
-    return DeviceData(Splits("zero", [str(i) for i in range(10)], x, y, x, y, x, y, "zero"),
-                      torch.device("cpu"))
 
 
 def bare_optuna(url: str, n: int) -> float:
@@ -82,7 +60,7 @@ def through_patchnas(url: str, n: int, workspace: Path) -> float:
     study = create_or_resume(replace(spec, data_hash="zero"), url, n)
     study = optuna.load_study(study_name="overhead", storage=url,
                               sampler=make_sampler(spec, 0))
-    runner = TrialRunner(study, spec, tiny_data(), ZeroCostTrainer(), workspace)
+    runner = TrialRunner(study, spec, zero_data(), ZeroCostTrainer(), workspace)
     start = time.perf_counter()
     run_trials(study, runner)
     return time.perf_counter() - start

@@ -78,8 +78,11 @@ def resolve(preset_name: str | None = None, family: str | None = None,
     """The family, the single 32 px proxy config that a preset or `--family F --set ...`
     names, and its native setting (the preset's, or 224 px and 1000 classes for a family);
     `overrides` (single values, proxy terms) change a preset's or family's defaults."""
-    if (preset_name is None) == (family is None):
+    if preset_name is not None and family is not None:
         raise UserError("name a preset (see `patchnas spaces list`) or give --family, not both")
+    if preset_name is None and family is None:
+        raise UserError("name what to build: a preset (see `patchnas spaces list`) or "
+                        "--family F (with --set NAME=VALUE ...)")
     if preset_name is not None:
         fam, native = preset(preset_name)
         base = fam.to_proxy(native.config, native.image_size)

@@ -64,6 +64,13 @@ def postgres_url() -> str:
     return url
 
 
+def mlflow_test_db() -> str:
+    """The database URL an MLflow tracking store may use in tests (.ci/run makes one)."""
+    url = os.environ.get("PATCHNAS_TEST_MLFLOW_DB", "")
+    need(bool(url), "set PATCHNAS_TEST_MLFLOW_DB to a PostgreSQL URL (.ci/run does)")
+    return url
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str = "",
              ignore: tuple[type[BaseException], ...] = ()) -> bool:
     """Poll `predicate` until it holds; False after `timeout` seconds, or, given `what`, an

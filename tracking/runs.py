@@ -13,12 +13,13 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
 
 ROLE = "patchnas.role"
 TRIAL = "patchnas.trial"
@@ -52,7 +53,12 @@ def is_local(uri: str) -> bool:
 
 
 class StudyRuns:
-    def __init__(self, uri: str, study: str):
+    def __init__(self, uri: str, study: str,
+                 claim_parent: Callable[[str, str], str] | None = None):
+        """`claim_parent(experiment_id, run_id)` returns the run that is the study's parent
+        (the first claimed, e.g. search.study.record.claim_parent_run): workers that join at
+        once then agree on one parent run."""
+        self.claim_parent = claim_parent
         # MLflow retries a silent server for minutes by default; a study fails within seconds
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
@@ -67,22 +73,36 @@ class StudyRuns:
                 db = Path(uri.removeprefix("sqlite:///").split("?")[0])
                 artifacts = (db.parent / "mlartifacts" / study).resolve().as_uri()
             # a "model training" experiment: the MLflow 3 UI then opens on its runs
-            self.experiment_id = self.client.create_experiment(
-                study, artifact_location=artifacts,
-                tags={"mlflow.experimentKind": "custom_model_development"})
+            try:
+                self.experiment_id = self.client.create_experiment(
+                    study, artifact_location=artifacts,
+                    tags={"mlflow.experimentKind": "custom_model_development"})
+            except MlflowException:  # workers joining at once: another one made it first
+                found = self.client.get_experiment_by_name(study)
+                if found is None:
+                    raise
+                self.experiment_id = found.experiment_id
 
     # --- the study's parent run -----------------------------------------------------------
     def parent(self, create: bool = True) -> str | None:
+        first = self._first_parent()
+        if first is not None or not create:
+            return first
+        mine = self.client.create_run(self.experiment_id, run_name=self.study,
+                                      tags={ROLE: "study"}).info.run_id
+        # workers joining at once each made one: the claimed one (else the first) stays
+        first = (self.claim_parent(self.experiment_id, mine) if self.claim_parent is not None
+                 else self._first_parent())
+        if first != mine:
+            self.client.delete_run(mine)
+        return first
+
+    def _first_parent(self) -> str | None:
         runs = self.client.search_runs([self.experiment_id],
                                        filter_string=f"tags.`{ROLE}` = 'study'",
-                                       max_results=1, order_by=["attributes.start_time ASC"])
-        if runs:
-            return runs[0].info.run_id
-        if not create:
-            return None
-        run = self.client.create_run(self.experiment_id, run_name=self.study,
-                                     tags={ROLE: "study"})
-        return run.info.run_id
+                                       max_results=100)
+        first = min(runs, key=lambda r: (r.info.start_time, r.info.run_id), default=None)
+        return first.info.run_id if first is not None else None
 
     def start_study(self, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
         run_id = self.parent()

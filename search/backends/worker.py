@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import optuna
@@ -23,6 +24,7 @@ from optuna.trial import TrialState
 from search.backends.pruners import make_pruner, optuna_pruner
 from search.backends.runner import WORKER, Discarded, TrialFailed, TrialRunner, queue_again
 from search.backends.samplers import make_sampler, run_stream
+from search.study import record
 from search.study.record import TrialRecord, live_trial
 from search.study.results import budget
 from search.study.spec import StudySpec
@@ -65,7 +67,7 @@ def make_runner(name: str, storage_url: str, *, device: str | None = None,
     workspace = workspace_dir(workspace)
     splits = study_splits(spec, workspace, data)
     trainer = ProxyTrainer(spec.recipe_obj, device=device)
-    runs = open_runs(tracking_uri, name, storage_url, spawned)
+    runs = open_runs(tracking_uri, name, storage_url, spawned, first)
     return study, TrialRunner(study, spec, DeviceData(splits, trainer.device), trainer,
                               workspace, log, runs, on_epoch,
                               make_pruner(spec, external=external_pruner))
@@ -118,8 +120,10 @@ def run_trials(study: optuna.Study, runner: TrialRunner, parent: int | None = No
         ran += 1
 
 
-def open_runs(tracking_uri: str | None, study: str, storage_url: str, spawned: bool):
-    """The study's MLflow runs, or None when tracking is off (mlflow is then not imported)."""
+def open_runs(tracking_uri: str | None, study: str, storage_url: str, spawned: bool,
+              stored: optuna.Study | None = None):
+    """The study's MLflow runs, or None when tracking is off (mlflow is then not imported);
+    with the `stored` study, workers joining at once agree on its parent run through it."""
     if not tracking_uri:
         return None
     from tracking.runs import StudyRuns, is_local
@@ -129,7 +133,8 @@ def open_runs(tracking_uri: str | None, study: str, storage_url: str, spawned: b
             f"a worker joining from another host needs an HTTP tracking URI (an MLflow server),"
             f" not {tracking_uri.split('?')[0]}: its runs would stay on this machine; give "
             f"--tracking-uri http://HOST:5000 or --no-tracking")
-    return StudyRuns(tracking_uri, study)
+    return StudyRuns(tracking_uri, study, claim_parent=None if stored is None else
+                     partial(record.claim_parent_run, stored))
 
 
 def die_with_parent() -> None:

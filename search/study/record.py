@@ -105,6 +105,7 @@ class StudyKey:
     FULL = "patchnas.full"  # + ".t0012": the full training of trial 12
     SPACE_SIZE = "patchnas.space_size"  # how many architectures the space holds (None: inf)
     CLAIM = "patchnas.claim"  # + ".<arch hash>.e<epochs>": the trial that trains it
+    PARENT_RUN = "patchnas.parent_run"  # + ".<experiment id>": the study's MLflow parent run
 
 
 def read_json(study: optuna.Study, key: str, default: Any = None) -> Any:
@@ -177,19 +178,30 @@ def claim_architecture(study: optuna.Study, digest: str, fidelity: int, owner: i
                        replacing: int | None = None) -> int:
     """Claim training `digest` at `fidelity` for trial `owner` (an original number); returns
     the owner after the call: `owner` when the claim is ours, else the earlier claimant.
-    With `replacing`, take over a claim only if `replacing` still holds it.
+    With `replacing`, take over a claim only if `replacing` still holds it."""
+    return claim(study, f"{StudyKey.CLAIM}.{digest}.e{fidelity}", owner, replacing)
+
+
+def claim_parent_run(study: optuna.Study, experiment_id: str, run_id: str) -> str:
+    """Claim `run_id` as the study's MLflow parent run in that experiment; returns the run
+    that holds the claim (workers joining at once each make one; one stays)."""
+    return claim(study, f"{StudyKey.PARENT_RUN}.{experiment_id}", run_id)
+
+
+def claim(study: optuna.Study, key: str, value: Any, replacing: Any = None) -> Any:
+    """Set study attribute `key` to `value` unless another process set it first (or, with
+    `replacing`, only while it still holds `replacing`); returns the value it holds after.
 
     On an RDB storage the claim is one INSERT (or one conditional UPDATE) on Optuna's
     study-attribute table, whose unique (study, key) makes two processes racing for the same
-    architecture agree on one winner; elsewhere (in-memory studies: one process) a read
-    then a write."""
-    key = f"{StudyKey.CLAIM}.{digest}.e{fidelity}"
+    key agree on one winner; elsewhere (in-memory studies: one process) a read then a
+    write."""
     backend = getattr(study._storage, "_backend", study._storage)
     if not isinstance(backend, optuna.storages.RDBStorage):
         held = study.user_attrs.get(key)
         if held is None or held == replacing:
-            study.set_user_attr(key, owner)
-            return owner
+            study.set_user_attr(key, value)
+            return value
         return held
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
@@ -200,13 +212,13 @@ def claim_architecture(study: optuna.Study, digest: str, fidelity: int, owner: i
         with _create_scoped_session(backend.scoped_session, True) as session:
             if replacing is None:
                 session.execute(table.insert().values(study_id=study._study_id, key=key,
-                                                      value_json=json.dumps(owner)))
+                                                      value_json=json.dumps(value)))
             else:
                 session.execute(table.update().where(
                     where & (table.c.value_json == json.dumps(replacing)))
-                    .values(value_json=json.dumps(owner)))
+                    .values(value_json=json.dumps(value)))
     except sqlalchemy.exc.IntegrityError:
-        pass  # claimed by another trial first
+        pass  # claimed by another process first
     with _create_scoped_session(backend.scoped_session) as session:
         return json.loads(session.execute(sqlalchemy.select(table.c.value_json)
                                           .where(where)).scalar_one())

@@ -53,7 +53,7 @@ def test_bad_layout_is_one_line_and_exit_2():
     (["spaces", "show", "--family", "convmixer", "--set", "h=100000"], "out of range"),
     (["spaces", "show", "--family", "convmixer", "--set", "p=64"], "larger than the 32 px"),
     (["spaces", "show", "coatnet-0", "--family", "coatnet"], "not both"),
-    (["spaces", "show"], "name a preset"),
+    (["spaces", "show"], "name what to build"),
     (["spaces", "show", "--family", "convmixer", "--image-size", "0"], "give 1 or more"),
 ])
 def test_bad_input_is_one_clear_line(capsys, args, message):

@@ -1,6 +1,5 @@
 """Tracking over HTTP: an `mlflow server` on PostgreSQL, and refusing host-local URIs."""
 
-import os
 import subprocess
 import sys
 
@@ -10,7 +9,7 @@ from mlflow import MlflowClient
 from search.backends.worker import open_runs
 from search.cli import main
 from spaces.errors import UserError
-from tests.helpers import free_port, need, wait_http
+from tests.helpers import free_port, mlflow_test_db, wait_http
 
 
 def test_a_joining_worker_with_a_local_tracking_uri_is_refused():
@@ -22,8 +21,7 @@ def test_a_joining_worker_with_a_local_tracking_uri_is_refused():
 
 def test_study_logs_to_an_mlflow_server_backed_by_postgres(tmp_path, tiny_data, capsys,
                                                            monkeypatch):
-    backend = os.environ.get("PATCHNAS_TEST_MLFLOW_DB")
-    need(bool(backend), "set PATCHNAS_TEST_MLFLOW_DB to a PostgreSQL URL (.ci/run does)")
+    backend = mlflow_test_db()
     monkeypatch.setenv("PATCHNAS_THREADS", "1")
     port = free_port()
     log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed below
