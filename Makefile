@@ -24,9 +24,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	# two processes: half the suite waits on subprocesses, servers and sockets (one process
-	# kept a 2-core machine's CPUs 48% busy); the slowest tests, to keep it under 15 minutes
-	$(BIN)/pytest -n 2 --dist loadgroup --durations=12
+	$(BIN)/pytest --durations=12  # the slowest tests, to keep the suite under 15 minutes
 
 # the README's pictures of a real study (needs chromium); check them by eye
 pictures: $(STAMP)

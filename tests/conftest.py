@@ -13,15 +13,8 @@ from PIL import Image
 
 from tests.helpers import CIFAR_ARCHIVE, IMAGENETTE, need
 
-# tests that start or stop Ray (`ray stop --force` ends every Ray process of the machine)
-# run one after another in one pytest-xdist worker
-RAY_MODULES = ("test_ray.py", "test_export.py")
-
 
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.path.name in RAY_MODULES:
-            item.add_marker(pytest.mark.xdist_group("ray"))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
