@@ -1,6 +1,7 @@
 """Coordination cost: N worker processes on one study, patchnas's worker loop vs bare Optuna.
 
-    python bench/coordination.py [--workers 1 4 8 16 32] [--trials 200] [--sleep-ms 5]
+    python bench/coordination.py [--storage sqlite postgres] [--workers 1 4 8 16 32]
+                                 [--trials 200] [--sleep-ms 5]
                                  [--postgres URL]   # default: $PATCHNAS_TEST_POSTGRES
 
 The trials cost nothing (a trainer that sleeps a few ms), so the storage is all that is under
@@ -51,17 +52,14 @@ def _bare_worker(url: str, name: str, n: int, sleep_s: float, seed: int) -> None
 def _ours_worker(url: str, name: str, sleep_s: float, workspace: str, seed: int) -> None:
     import optuna
 
-    from search.backends.runner import TrialRunner
-    from search.backends.samplers import make_sampler
-    from search.backends.worker import run_trials
-    from search.study.studies import load_spec, load_study
+    from search.backends.worker import make_runner, run_trials
     from trainers.zero import ZeroCostTrainer, zero_data
 
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    spec = load_spec(load_study(name, url))
-    study = load_study(name, url, heartbeat=True, sampler=make_sampler(spec, seed))
-    run_trials(study, TrialRunner(study, spec, zero_data(), ZeroCostTrainer(sleep_s),
-                                         Path(workspace)))
+    study, runner = make_runner(name, url, worker_index=seed, workspace=workspace,
+                                log=lambda message: None, trainer=ZeroCostTrainer(sleep_s),
+                                device_data=zero_data())
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # after the storage set it to WARNING
+    run_trials(study, runner)
 
 
 def _run(target, args_of, n: int) -> None:
@@ -135,7 +133,8 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=200)
     p.add_argument("--sleep-ms", type=float, default=5)
     p.add_argument("--postgres", default=os.environ.get("PATCHNAS_TEST_POSTGRES"))
-    p.add_argument("--storages", nargs="+", default=["sqlite", "postgres"])
+    p.add_argument("--storage", "--storages", dest="storages", nargs="+",
+                   choices=["sqlite", "postgres"], default=["sqlite", "postgres"])
     args = p.parse_args()
     sleep_s = args.sleep_ms / 1000
     print(f"{'storage':<9}{'N':>4} {'loop':<9}{'trials/s':>9}{'p50 ms':>9}{'p99 ms':>9}"

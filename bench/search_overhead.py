@@ -3,11 +3,11 @@
     python bench/search_overhead.py [--trials 500]
 
 Both loops use the same kind of storage (a fresh SQLite file each, in WAL mode as patchnas
-creates its own), the same sampler
-(NSGA-II) and the same space (ConvMixer, two objectives). The bare loop suggests the
-parameters and returns constants. The patchnas loop runs the real worker machinery (budget
-accounting, the family's define-by-run space, target and proxy costs, constraint and reuse
-checks, trial attributes) with a trainer that returns at once. Prints the time ratio.
+creates its own), the same sampler (NSGA-II) and the same space (ConvMixer, two objectives).
+The bare loop suggests the parameters and returns constants. The patchnas loop is a real
+worker (search.backends.worker.make_runner and run_trials: heartbeat, budget accounting, the
+family's define-by-run space, target and proxy costs, constraint and reuse checks, trial
+attributes) with a trainer that returns at once. Prints the time ratio.
 Not a test.
 """
 
@@ -23,9 +23,7 @@ from pathlib import Path
 
 import optuna
 
-from search.backends.runner import TrialRunner
-from search.backends.samplers import make_sampler
-from search.backends.worker import run_trials
+from search.backends.worker import make_runner, run_trials
 from search.study.spec import build_spec
 from search.study.studies import create_or_resume
 from trainers.zero import ZeroCostTrainer, zero_data
@@ -57,10 +55,9 @@ def bare_optuna(url: str, n: int) -> float:
 def through_patchnas(url: str, n: int, workspace: Path) -> float:
     spec = build_spec("overhead", {"epochs": 1, "pruner": "none", "sampler": "nsga2"}, None,
                       "zero")
-    study = create_or_resume(replace(spec, data_hash="zero"), url, n)
-    study = optuna.load_study(study_name="overhead", storage=url,
-                              sampler=make_sampler(spec, 0))
-    runner = TrialRunner(study, spec, zero_data(), ZeroCostTrainer(), workspace)
+    create_or_resume(replace(spec, data_hash="zero"), url, n)
+    study, runner = make_runner("overhead", url, workspace=workspace, log=lambda message: None,
+                                trainer=ZeroCostTrainer(), device_data=zero_data())
     start = time.perf_counter()
     run_trials(study, runner)
     return time.perf_counter() - start

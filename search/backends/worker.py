@@ -54,23 +54,25 @@ def make_runner(name: str, storage_url: str, *, device: str | None = None,
                 worker_index: int = 0, workspace: str | Path | None = None,
                 data: str | None = None, log=None, tracking_uri: str | None = None,
                 spawned: bool = False, heartbeat: bool = True, external_pruner: bool = False,
-                on_epoch=None) -> tuple[optuna.Study, TrialRunner]:
+                on_epoch=None, trainer=None, device_data=None) -> tuple[optuna.Study, TrialRunner]:
     """The study (with its sampler and pruner) and the objective that runs its trials here.
-    With `external_pruner` a one-objective study is pruned by someone else (Ray's ASHA)."""
-    from trainers.proxy import DeviceData, ProxyTrainer
-
+    With `external_pruner` a one-objective study is pruned by someone else (Ray's ASHA).
+    A `trainer` with its `device_data` replaces the proxy trainer and the study's data (the
+    zero-cost trainer of the benchmarks and the many-workers test)."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     first = load_study(name, storage_url)
     spec = load_spec(first)
     study = load_study(name, storage_url, heartbeat=heartbeat, sampler=make_sampler(
         spec, worker_index, run_stream(first)), pruner=optuna_pruner(spec))
     workspace = workspace_dir(workspace)
-    splits = study_splits(spec, workspace, data)
-    trainer = ProxyTrainer(spec.recipe_obj, device=device)
+    if trainer is None:
+        from trainers.proxy import DeviceData, ProxyTrainer
+
+        trainer = ProxyTrainer(spec.recipe_obj, device=device)
+        device_data = DeviceData(study_splits(spec, workspace, data), trainer.device)
     runs = open_runs(tracking_uri, name, storage_url, spawned, first)
-    return study, TrialRunner(study, spec, DeviceData(splits, trainer.device), trainer,
-                              workspace, log, runs, on_epoch,
-                              make_pruner(spec, external=external_pruner))
+    return study, TrialRunner(study, spec, device_data, trainer, workspace, log, runs,
+                              on_epoch, make_pruner(spec, external=external_pruner))
 
 
 def study_splits(spec: StudySpec, workspace: Path, data: str | None = None):

@@ -9,7 +9,6 @@ import signal
 import time
 import uuid
 from dataclasses import replace
-from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
@@ -27,21 +26,13 @@ WORKERS, TRIALS = 8, 200
 
 def zero_cost_worker(url: str, name: str, workspace: str, tracking_uri: str, index: int):
     """One `search worker`'s loop, with a trainer that sleeps 20 ms instead of training."""
-    from search.backends.runner import TrialRunner
-    from search.backends.samplers import make_sampler, run_stream
-    from search.backends.worker import install_signal_handlers, open_runs, run_trials
-    from search.study.studies import load_spec, load_study
+    from search.backends.worker import install_signal_handlers, make_runner, run_trials
     from trainers.zero import ZeroCostTrainer, zero_data
 
     install_signal_handlers()
-    first = load_study(name, url)
-    spec = load_spec(first)
-    study = load_study(name, url, heartbeat=True,
-                       sampler=make_sampler(spec, index, run_stream(first)))
-    runner = TrialRunner(study, spec, zero_data(), ZeroCostTrainer(0.02), Path(workspace),
-                         log=lambda message: None,
-                         runs=open_runs(tracking_uri, name, url, True, first))
-    run_trials(study, runner)
+    run_trials(*make_runner(name, url, worker_index=index, workspace=workspace,
+                            log=lambda message: None, tracking_uri=tracking_uri, spawned=True,
+                            trainer=ZeroCostTrainer(0.02), device_data=zero_data()))
 
 
 def test_eight_workers_one_killed_spend_exactly_the_budget(tmp_path, monkeypatch):
