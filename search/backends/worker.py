@@ -59,6 +59,8 @@ def make_runner(name: str, storage_url: str, *, device: str | None = None,
     With `external_pruner` a one-objective study is pruned by someone else (Ray's ASHA).
     A `trainer` with its `device_data` replaces the proxy trainer and the study's data (the
     zero-cost trainer of the benchmarks and the many-workers test)."""
+    if (trainer is None) != (device_data is None):
+        raise ValueError("make_runner: give a trainer together with its device_data")
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     first = load_study(name, storage_url)
     spec = load_spec(first)
