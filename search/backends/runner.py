@@ -77,6 +77,8 @@ class TrialRunner:
         self.metrics = {o.metric for o in spec.objectives}
         self.cost_cache: dict[str, dict[str, float]] = {}
         self.budget: int | None = None  # the study's trial budget, as run_trials last read it
+        # (trials holding a slot, trials in the study) in that read, just before the ask
+        self.seen: tuple[int, int] | None = None
         self.constrained = any(v is not None for v in (spec.max_params, spec.max_macs,
                                                        spec.max_latency_ms))
 
@@ -111,8 +113,7 @@ class TrialRunner:
             arch_hash=digest, fidelity=spec.epochs,
             seed=trial_seed(spec.seed, original_number(trial)), device=str(self.trainer.device),
             worker=WORKER)
-        trials = self.study.get_trials(deepcopy=False)  # one read serves both checks
-        self._check_surplus(trial, identity, trials)
+        self._check_surplus(trial, identity)
         costs = self._costs(family, proxy, digest)
         found = dict(identity)
         if "latency_ms" in self.metrics or spec.max_latency_ms is not None:
@@ -178,8 +179,19 @@ class TrialRunner:
                 family, proxy, self.spec.target_size, self.spec.target_classes)
         return dict(self.cost_cache[digest])
 
-    def _check_surplus(self, trial: optuna.Trial, identity: dict, trials) -> None:
+    def _check_surplus(self, trial: optuna.Trial, identity: dict) -> None:
+        """Discard the trial when trials before it hold the whole budget (other workers
+        asked theirs between this worker's budget check and its ask)."""
         n = self.budget if self.budget is not None else math.inf
+        if math.isinf(n):
+            return
+        if self.seen is not None:
+            # trial numbers are dense, so those past the read were asked since: at most
+            # that many more trials ahead of this one (a free trial never holds a slot again)
+            holding, read = self.seen
+            if holding + max(0, trial.number - read) < n:
+                return  # not surplus, without reading the study again
+        trials = self.study.get_trials(deepcopy=False)
         alive = sorted(t.number for t in trials if holds_budget_slot(t))
         if alive.index(trial.number) >= n:
             self._discard(trial, "surplus: the budget was taken by other workers", **identity)

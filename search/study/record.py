@@ -12,7 +12,9 @@ All use of Optuna's private API lives here too, each with the public way as a fa
   - `trial_id`: Optuna's storage id of a trial (`Trial._trial_id`);
   - `system_attrs`: a live trial's system attributes as of `ask()` (the retry mark);
   - `claim_architecture`: one INSERT into Optuna's study-attribute table, whose unique key
-    makes the claim atomic across processes and hosts (`_study_id`, `_rdb.models`).
+    makes the claim atomic across processes and hosts (`_study_id`, `_rdb.models`);
+  - `budget_attrs`: the budget, the space's size and the claim count in two statements;
+  - `TrialReadingRDBStorage`: all trials in six plain SELECTs (`RDBStorage._get_trials`).
 tests/search/test_record.py fails when Optuna moves any of them (optuna is pinned < 6).
 """
 
@@ -85,6 +87,13 @@ class TrialRecord:
 ATTRS = tuple(f.name for f in fields(TrialRecord) if f.name != "number")
 
 
+def state_marks(t: Any) -> tuple[str | None, bool]:
+    """(the recorded state, counted) of a trial, without building its whole record: every
+    budget check reads them for every trial of the study (6 us a record, at 5,000 trials)."""
+    attrs = t.user_attrs
+    return attrs.get("state"), attrs.get("counted", False)
+
+
 def write(trial: optuna.Trial, **values: Any) -> None:
     """Record fields of a running trial (one statement where the storage allows)."""
     set_user_attrs(trial, TrialRecord.attrs(**values))
@@ -135,9 +144,33 @@ def set_space_size(study: optuna.Study, size: float, only_if_unset: bool = False
         study.set_user_attr(StudyKey.SPACE_SIZE, None if math.isinf(size) else int(size))
 
 
-def study_attrs(study: optuna.Study) -> dict[str, Any]:
-    """All of a study's attributes in one read (to pass to the readers above)."""
-    return study.user_attrs
+def budget_attrs(study: optuna.Study) -> tuple[int, float, int]:
+    """(the trial budget, the space's size, how many architectures are claimed), read
+    before every trial. On an RDB storage two small statements (the two keys, and a count
+    of the claim keys): the whole attribute table holds a claim per architecture and grows
+    with the study, so reading it all cost a worker more per trial the longer it ran."""
+    backend = _rdb_backend(study)
+    if backend is None:
+        attrs = study.user_attrs
+        return trial_budget(study, attrs), space_size(study, attrs), len(claims(study, attrs))
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    table = models.StudyUserAttributeModel.__table__
+    mine = table.c.study_id == study._study_id
+    with _create_scoped_session(backend.scoped_session) as session:
+        values = dict(session.execute(sqlalchemy.select(table.c.key, table.c.value_json).where(
+            mine & table.c.key.in_((StudyKey.BUDGET, StudyKey.SPACE_SIZE)))).all())
+        claimed = session.execute(sqlalchemy.select(sqlalchemy.func.count()).where(
+            mine & table.c.key.startswith(StudyKey.CLAIM + ".", autoescape=True))).scalar_one()
+    attrs = {k: json.loads(v) for k, v in values.items()}
+    return trial_budget(study, attrs), space_size(study, attrs), claimed
+
+
+def _rdb_backend(study: optuna.Study) -> optuna.storages.RDBStorage | None:
+    """The study's RDB storage (behind Optuna's cache), or None for another storage."""
+    backend = getattr(study._storage, "_backend", study._storage)
+    return backend if isinstance(backend, optuna.storages.RDBStorage) else None
 
 
 def _per_trial_key(kind: str, trial: int) -> str:
@@ -196,8 +229,8 @@ def claim(study: optuna.Study, key: str, value: Any, replacing: Any = None) -> A
     study-attribute table, whose unique (study, key) makes two processes racing for the same
     key agree on one winner; elsewhere (in-memory studies: one process) a read then a
     write."""
-    backend = getattr(study._storage, "_backend", study._storage)
-    if not isinstance(backend, optuna.storages.RDBStorage):
+    backend = _rdb_backend(study)
+    if backend is None:
         held = study.user_attrs.get(key)
         if held is None or held == replacing:
             study.set_user_attr(key, value)
@@ -208,15 +241,18 @@ def claim(study: optuna.Study, key: str, value: Any, replacing: Any = None) -> A
 
     table = models.StudyUserAttributeModel.__table__
     where = (table.c.study_id == study._study_id) & (table.c.key == key)
-    try:
-        with _create_scoped_session(backend.scoped_session, True) as session:
+    try:  # a key already claimed raises IntegrityError, at the statement or the commit
+        with _create_scoped_session(backend.scoped_session) as session:
             if replacing is None:
                 session.execute(table.insert().values(study_id=study._study_id, key=key,
                                                       value_json=json.dumps(value)))
+                won = True
             else:
-                session.execute(table.update().where(
+                won = session.execute(table.update().where(
                     where & (table.c.value_json == json.dumps(replacing)))
-                    .values(value_json=json.dumps(value)))
+                    .values(value_json=json.dumps(value))).rowcount == 1
+        if won:  # the statement took the claim: nothing to read back
+            return value
     except sqlalchemy.exc.IntegrityError:
         pass  # claimed by another process first
     with _create_scoped_session(backend.scoped_session) as session:
@@ -225,6 +261,84 @@ def claim(study: optuna.Study, key: str, value: Any, replacing: Any = None) -> A
 
 
 # --- Optuna's private API, with the public way as fallback -------------------------------
+class TrialReadingRDBStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage with a trial reader that builds FrozenTrials from plain rows.
+
+    Optuna's own reader loads every trial through the ORM: at 5,000 trials about 114,000
+    mapped objects (each attribute, parameter and value a row), 6 s before `search status`
+    can print. This one reads the same six tables with one Core SELECT each and parses each
+    distinct distribution once: same FrozenTrials, about 10x faster. It overrides Optuna's
+    private `_get_trials`, which `get_all_trials` and Optuna's trial cache both call; a
+    statement the database refuses (too many ids in an IN) falls back to Optuna's reader."""
+
+    def _get_trials(self, study_id, states, included_trial_ids, trial_id_greater_than):
+        try:
+            return _read_trials(self, study_id, states, {
+                i for i in included_trial_ids if i <= trial_id_greater_than},
+                trial_id_greater_than)
+        except sqlalchemy.exc.OperationalError:
+            return super()._get_trials(study_id, states, included_trial_ids,
+                                       trial_id_greater_than)
+
+
+def _read_trials(storage: optuna.storages.RDBStorage, study_id: int, states: Any,
+                 included: set[int], greater_than: int) -> list[optuna.trial.FrozenTrial]:
+    from optuna.distributions import json_to_distribution
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    trial = models.TrialModel.__table__
+    where = trial.c.study_id == study_id
+    if states is not None:
+        where &= trial.c.state.in_(list(states))
+    if included and greater_than > -1:
+        where &= trial.c.trial_id.in_(included) | (trial.c.trial_id > greater_than)
+    elif greater_than > -1:
+        where &= trial.c.trial_id > greater_than
+    chosen = sqlalchemy.select(trial.c.trial_id).where(where).scalar_subquery()
+
+    def rows(model: Any, *columns: str) -> list[Any]:
+        table = model.__table__
+        return session.execute(sqlalchemy.select(table.c.trial_id, *(table.c[c] for c in columns))
+                               .where(table.c.trial_id.in_(chosen))
+                               .order_by(*table.primary_key.columns)).all()
+
+    with _create_scoped_session(storage.scoped_session) as session:
+        models.StudyModel.find_or_raise_by_id(study_id, session)
+        heads = session.execute(sqlalchemy.select(
+            trial.c.trial_id, trial.c.number, trial.c.state, trial.c.datetime_start,
+            trial.c.datetime_complete).where(where).order_by(trial.c.trial_id)).all()
+        params = rows(models.TrialParamModel, "param_name", "param_value", "distribution_json")
+        values = rows(models.TrialValueModel, "objective", "value", "value_type")
+        steps = rows(models.TrialIntermediateValueModel, "step", "intermediate_value",
+                     "intermediate_value_type")
+        user = rows(models.TrialUserAttributeModel, "key", "value_json")
+        system = rows(models.TrialSystemAttributeModel, "key", "value_json")
+
+    parsed: dict[str, Any] = {}  # a study has few distinct distributions: parse each once
+    built = {h.trial_id: {"params": {}, "distributions": {}, "values": {}, "steps": {},
+                          "user": {}, "system": {}} for h in heads}
+    for tid, name, value, text in params:
+        dist = parsed.get(text) or parsed.setdefault(text, json_to_distribution(text))
+        built[tid]["params"][name] = dist.to_external_repr(value)
+        built[tid]["distributions"][name] = dist
+    for tid, objective, value, kind in values:
+        built[tid]["values"][objective] = models.TrialValueModel.stored_repr_to_value(value, kind)
+    for tid, step, value, kind in steps:
+        built[tid]["steps"][step] = (models.TrialIntermediateValueModel
+                                     .stored_repr_to_intermediate_value(value, kind))
+    for table, key in ((user, "user"), (system, "system")):
+        for tid, name, text in table:
+            built[tid][key][name] = json.loads(text)
+    return [optuna.trial.FrozenTrial(
+        number=h.number, state=h.state, value=None,
+        values=[b["values"][i] for i in range(len(b["values"]))] if b["values"] else None,
+        datetime_start=h.datetime_start, datetime_complete=h.datetime_complete,
+        params=b["params"], distributions=b["distributions"], user_attrs=b["user"],
+        system_attrs=b["system"], intermediate_values=b["steps"], trial_id=h.trial_id)
+        for h in heads for b in (built[h.trial_id],)]
+
+
 def trial_id(trial: Any) -> int:
     """Optuna's storage id of a live or frozen trial."""
     return trial._trial_id
@@ -249,7 +363,7 @@ def system_attrs(trial: Any) -> dict[str, Any]:
 
 def original_number(t: Any) -> int:
     """The number of the trial this one retries (itself if it is not a retry)."""
-    retry_of = TrialRecord.from_trial(t).retry_of
+    retry_of = t.user_attrs.get("retry_of")  # one lookup: read for every trial, often
     if retry_of is not None:
         return retry_of
     return system_attrs(t).get("failed_trial", t.number)

@@ -29,10 +29,10 @@ def state_of(t: FrozenTrial) -> str:
     """The patchnas state: Optuna's, refined by what the worker recorded."""
     if t.state in (TrialState.RUNNING, TrialState.WAITING):
         return t.state.name
-    r = TrialRecord.from_trial(t)
-    if r.state in ("INFEASIBLE", "REUSED", "DISCARDED"):
-        return r.state
-    if t.state == TrialState.FAIL and not r.counted:
+    state, counted = record.state_marks(t)
+    if state in ("INFEASIBLE", "REUSED", "DISCARDED"):
+        return state
+    if t.state == TrialState.FAIL and not counted:
         return "RETRIED"
     return t.state.name
 
@@ -78,12 +78,12 @@ class Budget:
 
 def budget(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> Budget:
     trials = study.get_trials(deepcopy=False) if trials is None else trials
-    attrs = record.study_attrs(study)  # one read: the budget, the claims, the space's size
-    return Budget(record.trial_budget(study, attrs),
+    total, size, claimed = record.budget_attrs(study)
+    return Budget(total,
                   sum(1 for t in trials if holds_budget_slot(t) and t.state.is_finished()),
                   sum(1 for t in trials if t.state == TrialState.RUNNING),
                   sum(1 for t in trials if t.state == TrialState.WAITING),
-                  len(record.claims(study, attrs)), record.space_size(study, attrs))
+                  claimed, size)
 
 
 def front_trials(study: optuna.Study, spec: StudySpec) -> list[FrozenTrial]:
@@ -148,9 +148,13 @@ def member(t: FrozenTrial, spec: StudySpec) -> dict[str, Any]:
     }
 
 
-def pareto(study: optuna.Study) -> list[dict[str, Any]]:
+def pareto(study: optuna.Study, ranked: list[tuple[FrozenTrial, int]] | None = None
+           ) -> list[dict[str, Any]]:
+    """The front's members, best accuracy first (`ranked`: ranked_trials, if read already)."""
     spec = load_spec(study)
-    members = [member(t, spec) for t in front_trials(study, spec)]
+    front = (front_trials(study, spec) if ranked is None
+             else [t for t, rank in ranked if rank == 0])
+    members = [member(t, spec) for t in front]
     return sorted(members, key=lambda m: -m["values"]["val_acc"])
 
 
@@ -170,7 +174,7 @@ class Status:
         return self.__dict__.copy()
 
 
-def status(study: optuna.Study) -> Status:
+def status(study: optuna.Study, ranked: list[tuple[FrozenTrial, int]] | None = None) -> Status:
     spec = load_spec(study)
     trials = study.get_trials(deepcopy=False)
     counts = {s: 0 for s in STATES}
@@ -183,7 +187,8 @@ def status(study: optuna.Study) -> Status:
             device = (r.device or "cpu").split(":")[0]
             hours[device] = hours.get(device, 0.0) + r.seconds / 3600
             durations.append(r.seconds)
-    front = front_trials(study, spec)
+    front = (front_trials(study, spec) if ranked is None
+             else [t for t, rank in ranked if rank == 0])
     left = budget(study, trials)
     running = max(1, left.running)
     eta = (sum(durations) / len(durations) * left.remaining / running) if durations else None

@@ -15,6 +15,7 @@ import sqlalchemy
 from sqlalchemy.engine import make_url
 
 from search.study.reach import CONNECT_SECONDS, check_sqlite_file, sqlite_path
+from search.study.record import TrialReadingRDBStorage
 from spaces.errors import UserError
 
 # a trial whose worker missed heartbeats for GRACE seconds is failed and queued again
@@ -64,7 +65,7 @@ def open_storage(url: str, heartbeat: bool = True,
                       .RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
     for attempt in range(SCHEMA_ATTEMPTS):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+            return TrialReadingRDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
         except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, OSError) as err:
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             if _schema_race(reason) and attempt + 1 < SCHEMA_ATTEMPTS:

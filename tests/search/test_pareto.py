@@ -26,6 +26,21 @@ def test_dominance_and_ranks():
     assert pareto_front(pts) == [0, 1, 2, 5]
 
 
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_ranks_peel_fronts_by_the_definition(dims):
+    """Each rank is the non-dominated set of what the earlier ranks left, with ties (a small
+    grid of values) and duplicates."""
+    rng = random.Random(dims)
+    pts = [tuple(rng.randint(0, 5) for _ in range(dims)) for _ in range(120)]
+    ranks = nondominated_ranks(pts)
+    left, rank = set(range(len(pts))), 0
+    while left:
+        front = {i for i in left if not any(dominates(pts[j], pts[i]) for j in left)}
+        assert {i for i in left if ranks[i] == rank} == front
+        left, rank = left - front, rank + 1
+    assert max(ranks) == rank - 1 and nondominated_ranks([]) == []
+
+
 def test_crowding_prefers_boundaries_and_sparse_regions():
     d = crowding_distances([(0, 10), (1, 9), (5, 5), (10, 0)])
     assert d[0] == d[3] == float("inf") and d[2] > d[1]

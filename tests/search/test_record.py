@@ -107,3 +107,65 @@ def test_a_claim_is_taken_over_only_from_the_claimant_named():
     assert record.claim_architecture(study, "h", 2, 5, replacing=4) == 3  # not 4's to give
     assert record.claim_architecture(study, "h", 2, 5, replacing=3) == 5
     assert record.claim_architecture(study, "h", 3, 7) == 7  # another fidelity, another claim
+
+
+@pytest.mark.parametrize("storage", ["rdb", "memory"])
+def test_budget_attrs_reads_what_the_public_api_holds(storage):
+    study = _study() if storage == "rdb" else optuna.create_study(directions=["maximize"])
+    assert record.budget_attrs(study) == (0, float("inf"), 0)  # a study without patchnas's
+    record.set_trial_budget(study, 12)
+    record.set_space_size(study, 40)
+    for n, digest in enumerate(["a", "b", "c_d"]):
+        record.claim_architecture(study, digest, 2, n)
+    study.set_user_attr("patchnas.claimant", 1)  # shares the prefix but not the dot
+    record.write_json(study, record.StudyKey.BOUNDS, {"params": [0, 1]})
+    assert record.budget_attrs(study) == (12, 40, 3)
+    assert record.budget_attrs(study) == (record.trial_budget(study), record.space_size(study),
+                                          len(record.claims(study)))
+
+
+def test_trial_reader_builds_the_trials_optunas_reader_builds(tmp_path):
+    """Every kind of row Optuna stores (each distribution kind, infinite values and
+    intermediate values, user and system attributes, each state) reads back identically,
+    whole and through Optuna's trial cache (the reads since its last one)."""
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    study = optuna.create_study(storage=url, study_name="s",
+                                directions=["maximize", "minimize"])
+    for i in range(8):
+        t = study.ask()
+        t.suggest_int("d", 1, 8)
+        t.suggest_float("lr", 1e-4, 1e-1, log=True)
+        t.suggest_categorical("k", [3, None, "x", True])
+        t.set_user_attr("curve", [{"val_acc": 0.1 * i}])
+        study._storage.set_trial_system_attr(record.trial_id(t), "mark", {"n": i})
+        study._storage.set_trial_intermediate_value(
+            record.trial_id(t), 1, float("inf") if i == 2 else i / 10)
+        if i % 4 == 0:
+            study.tell(t, [i / 10, float("-inf") if i == 4 else float(i)])
+        elif i % 4 == 1:
+            study.tell(t, state=optuna.trial.TrialState.PRUNED)
+        elif i % 4 == 2:
+            study.tell(t, state=optuna.trial.TrialState.FAIL)
+    study.enqueue_trial({"d": 3})
+
+    def both(*args):
+        ours = record.TrialReadingRDBStorage(url)._get_trials(study._study_id, *args)
+        theirs = optuna.storages.RDBStorage(url)._get_trials(study._study_id, *args)
+        return ours, theirs
+
+    ours, theirs = both(None, set(), -1)
+    assert len(ours) == 9 and [t.__dict__ for t in ours] == [t.__dict__ for t in theirs]
+    assert {t.state for t in ours} == set(optuna.trial.TrialState)
+    done = (optuna.trial.TrialState.COMPLETE,)
+    ours, theirs = both(done, set(), -1)
+    assert len(ours) == 2 and [t.__dict__ for t in ours] == [t.__dict__ for t in theirs]
+    ids = [record.trial_id(t) for t in study.get_trials()]
+    ours, theirs = both(None, {ids[3], ids[7]}, ids[5])
+    assert [t.number for t in ours] == [3, 6, 7, 8]
+    assert [t.__dict__ for t in ours] == [t.__dict__ for t in theirs]
+
+    cached = optuna.load_study(study_name="s", storage=record.TrialReadingRDBStorage(url))
+    assert [t.__dict__ for t in cached.get_trials()] == [t.__dict__ for t in study.get_trials()]
+    t = study.ask()  # the enqueued trial, then one more finished: the cache reads the change
+    study.tell(t, [0.9, 1.0])
+    assert [t.__dict__ for t in cached.get_trials()] == [t.__dict__ for t in study.get_trials()]

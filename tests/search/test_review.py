@@ -1,0 +1,41 @@
+"""What the MLflow review reads from a study, on a study written straight into the storage:
+the hypervolume curve kept incrementally agrees with the hypervolume recomputed from scratch."""
+
+import random
+from dataclasses import replace
+
+from optuna.distributions import IntDistribution
+from optuna.trial import TrialState, create_trial
+
+from search.backends.review import hypervolume_curves
+from search.study.record import TrialRecord
+from search.study.results import hypervolume, ranked_trials, status
+from search.study.spec import build_spec
+from search.study.studies import create_or_resume, load_spec
+
+
+def test_the_hypervolume_curve_is_the_hypervolume_of_each_prefix(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    spec = build_spec("hv", {"epochs": 2, "sampler": "random"}, None, "zero")
+    study = create_or_resume(replace(spec, data_hash="zero"), url, 60)
+    rng = random.Random(3)
+    for n in range(60):
+        acc, params = rng.random(), float(rng.randint(10_000, 5_000_000))
+        state = TrialState.FAIL if n % 9 == 4 else TrialState.COMPLETE
+        study.add_trial(create_trial(
+            state=state, values=[acc, params] if state == TrialState.COMPLETE else None,
+            params={"x": n}, distributions={"x": IntDistribution(0, 100)},
+            user_attrs=TrialRecord(arch_hash=f"a{n % 45}", counted=True, seconds=10.0,
+                                   costs={"params": params}).to_attrs()))
+    spec = load_spec(study)
+    ranked = ranked_trials(study, spec)
+    by_trials, by_seconds = hypervolume_curves(study, spec, ranked)
+    finished = sorted((t for t in study.get_trials() if t.state.is_finished()),
+                      key=lambda t: t.datetime_complete)
+    trained = {t.number for t, _ in ranked}
+    assert len(by_trials) == len(finished) == 60 and 0 < len(trained) < 50  # twins, failures
+    for i, (count, hv) in enumerate(by_trials):
+        seen = [t for t in finished[:i + 1] if t.number in trained]
+        assert count == i + 1 and by_seconds[i] == (10.0 * (i + 1), hv)
+        assert abs(hv - (hypervolume(study, spec, seen) if seen else 0.0)) < 1e-12
+    assert by_trials[-1][1] == status(study).hypervolume > 0
