@@ -24,7 +24,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/pytest --durations=12  # the slowest tests, to keep the suite under 15 minutes
+	# two processes (the CPUs idle half the time in one); tests that share a Ray or an MLflow
+	# database stay in one of them (tests/helpers.py); wall-clock checks run by themselves
+	$(BIN)/pytest -n 2 --dist loadgroup -m "not alone" --durations=12  # the slowest tests
+	$(BIN)/pytest -m alone
 
 # the README's pictures of a real study (needs chromium); check them by eye
 pictures: $(STAMP)

@@ -27,6 +27,7 @@ REVIEW_SECONDS = 10.0  # MLflow refreshes read the whole study: not every second
 # most of a refresh): the importances of a long study come from its latest trained trials
 # (where the sampler searches now), with 16 trees of depth 8 (0.24 s; the same order)
 IMPORTANCE_TRIALS = 200
+IMPORTANCE_EVERY = 10  # past that many, importances are redone after 10 more trained trials
 
 
 class Progress:
@@ -109,54 +110,67 @@ def _clock(seconds: float) -> str:
 
 
 def refresh(study: optuna.Study, runs: Any) -> None:
-    """`runs` is a tracking.runs.StudyRuns."""
+    """`runs` is a tracking.runs.StudyRuns. Nothing is read or drawn again while no trial
+    has started or finished since its last refresh."""
+    everything = study.get_trials(deepcopy=False)
+    mark = (len(everything), sum(t.state.is_finished() for t in everything))
+    memo = runs.review_state
+    if memo.get("mark") == mark:
+        return
     spec = load_spec(study)
     ranked = ranked_trials(study, spec)  # one snapshot: trials finish while we look
     ranks = {t.number: rank for t, rank in ranked}
-    records = [(t, TrialRecord.from_trial(t)) for t in study.get_trials(deepcopy=False)]
+    records = {t.number: TrialRecord.from_trial(t) for t in everything}
     trials = [{"run_id": r.mlflow_run_id, "state": state_of(t),
                "pareto": ranks.get(t.number) == 0, "pareto_rank": ranks.get(t.number),
                "finished": t.state.is_finished()}
-              for t, r in records if r.mlflow_run_id is not None]
+              for t in everything for r in (records[t.number],) if r.mlflow_run_id is not None]
     s = status(study, ranked)
     front = pareto(study, ranked)
     metrics = {"trials_complete": s.counts["COMPLETE"], "trials_done": s.finished,
                "front_size": s.front_size, "hypervolume": s.hypervolume}
     runs.review(metrics, {"front.csv": front_csv(front), "front.md": front_markdown(front),
                           "front_table.json": front_table(front),
-                          **pictures(study, spec, ranked)}, trials)
+                          **pictures(study, spec, ranked, everything, records, memo)}, trials)
+    memo["mark"] = mark
 
 
-def pictures(study: optuna.Study, spec, ranked) -> dict[str, str | bytes]:
+def pictures(study: optuna.Study, spec, ranked, trials, records,
+             memo: dict[str, Any]) -> dict[str, str | bytes]:
+    """The parent run's pictures; `memo` keeps the importances between refreshes."""
     from tracking import plots
 
-    points = [{"trial": t.number, "label": TrialRecord.from_trial(t).label or "",
+    points = [{"trial": t.number, "label": records[t.number].label or "",
                "values": {o.metric: v for o, v in zip(spec.objectives, t.values, strict=True)},
                "pareto": rank == 0}
               for t, rank in ranked]
     title = f"{study.study_name}: {len(points)} trained, {sum(p['pareto'] for p in points)} " \
             f"on the front"
-    by_trials, by_seconds = hypervolume_curves(study, spec, ranked)
-    devices = {(TrialRecord.from_trial(t).device or "cpu").split(":")[0]
-               for t in study.get_trials(deepcopy=False)}
+    by_trials, by_seconds = hypervolume_curves(study, spec, ranked, trials, records)
+    devices = {(r.device or "cpu").split(":")[0] for r in records.values()}
     out: dict[str, str | bytes] = {
         "pareto.png": plots.pareto_png(points, title),
         "pareto.html": plots.pareto_html(points, title),
         "hypervolume.png": plots.hypervolume_png(by_trials, by_seconds,
                                                  "gpu" if "cuda" in devices else "cpu"),
     }
-    importances = param_importances(study)
-    if importances:
-        out["importances.png"] = plots.importances_png(importances)
-        out["importances.json"] = json.dumps(importances, indent=2)
+    trained = [t for t in trials if t.state == TrialState.COMPLETE
+               and state_of(t) == "COMPLETE"]
+    known = memo.get("importances")
+    if known is None or len(trained) - known[0] >= IMPORTANCE_EVERY or (
+            len(trained) < IMPORTANCE_TRIALS and len(trained) != known[0]):
+        known = memo["importances"] = (len(trained), param_importances(study, trained))
+    if known[1]:
+        out["importances.png"] = plots.importances_png(known[1])
+        out["importances.json"] = json.dumps(known[1], indent=2)
     return out
 
 
-def hypervolume_curves(study: optuna.Study, spec, ranked):
+def hypervolume_curves(study: optuna.Study, spec, ranked, trials, records):
     """Hypervolume after each finished trial, against trials and against training time:
     the front is kept as trials arrive, its volume measured only when it changes (in the
     final front's bounds, so the last point is the hypervolume `status` shows)."""
-    finished = sorted((t for t in study.get_trials(deepcopy=False) if t.state.is_finished()),
+    finished = sorted((t for t in trials if t.state.is_finished()),
                       key=lambda t: t.datetime_complete)
     trained = {t.number for t, _ in ranked}
     bounds = (objective_bounds(study, spec, [t.values for t, rank in ranked if rank == 0])
@@ -168,7 +182,7 @@ def hypervolume_curves(study: optuna.Study, spec, ranked):
     front: list[tuple[list[float], list[float]]] = []  # (minimized, values) of each member
     seconds, hv, by_trials, by_seconds = 0.0, 0.0, [], []
     for i, t in enumerate(finished, 1):
-        seconds += TrialRecord.from_trial(t).seconds or 0.0
+        seconds += records[t.number].seconds or 0.0
         point = minimized(t) if t.number in trained else None
         if point is not None and not any(dominates(m, point) for m, _ in front):
             front = [(m, v) for m, v in front if not dominates(point, m)] + [(point, t.values)]
@@ -178,10 +192,10 @@ def hypervolume_curves(study: optuna.Study, spec, ranked):
     return by_trials, by_seconds
 
 
-def param_importances(study: optuna.Study) -> dict[str, float]:
-    """fANOVA importances of the searched parameters for val_acc (the first objective)."""
-    trained = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-               if state_of(t) == "COMPLETE"][-IMPORTANCE_TRIALS:]
+def param_importances(study: optuna.Study, trained: list) -> dict[str, float]:
+    """fANOVA importances of the searched parameters for val_acc (the first objective), over
+    the latest IMPORTANCE_TRIALS of the `trained` trials."""
+    trained = trained[-IMPORTANCE_TRIALS:]
     if len(trained) < 4 or not any(len(t.params) > 0 for t in trained):
         return {}
     # only trained trials: infeasible and reused ones would weigh in with made-up accuracies

@@ -7,12 +7,15 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from search.cli import main
 from tests.helpers import CIFAR_ARCHIVE
 
 PATCHNAS = str(Path(sys.executable).with_name("patchnas"))
 
 
+@pytest.mark.alone
 def test_issue_check_command_learns_real_cifar_in_under_90s(cifar, workspace):
     """The issue's check: ConvMixer h64 d2 p4 k5, 2 epochs on the CPU, val_acc >= 0.45."""
     start = time.perf_counter()

@@ -23,6 +23,7 @@ from search.study.studies import load_study
 from spaces.errors import UserError
 from tests.helpers import (
     RAY,
+    RAY_GROUP,
     TINY_SETS,
     check_study_runs,
     pids_where,
@@ -31,7 +32,7 @@ from tests.helpers import (
     wait_for,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, RAY_GROUP]
 SETS = TINY_SETS
 
 

@@ -7,11 +7,12 @@ from dataclasses import replace
 from optuna.distributions import IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from search.backends.review import hypervolume_curves
+from search.backends.review import hypervolume_curves, refresh
 from search.study.record import TrialRecord
 from search.study.results import hypervolume, ranked_trials, status
 from search.study.spec import build_spec
 from search.study.studies import create_or_resume, load_spec
+from tracking.runs import StudyRuns
 
 
 def test_the_hypervolume_curve_is_the_hypervolume_of_each_prefix(tmp_path):
@@ -29,7 +30,9 @@ def test_the_hypervolume_curve_is_the_hypervolume_of_each_prefix(tmp_path):
                                    costs={"params": params}).to_attrs()))
     spec = load_spec(study)
     ranked = ranked_trials(study, spec)
-    by_trials, by_seconds = hypervolume_curves(study, spec, ranked)
+    trials = study.get_trials(deepcopy=False)
+    by_trials, by_seconds = hypervolume_curves(
+        study, spec, ranked, trials, {t.number: TrialRecord.from_trial(t) for t in trials})
     finished = sorted((t for t in study.get_trials() if t.state.is_finished()),
                       key=lambda t: t.datetime_complete)
     trained = {t.number for t, _ in ranked}
@@ -39,3 +42,38 @@ def test_the_hypervolume_curve_is_the_hypervolume_of_each_prefix(tmp_path):
         assert count == i + 1 and by_seconds[i] == (10.0 * (i + 1), hv)
         assert abs(hv - (hypervolume(study, spec, seen) if seen else 0.0)) < 1e-12
     assert by_trials[-1][1] == status(study).hypervolume > 0
+
+
+def test_a_driver_refresh_follows_the_front_from_what_it_saw(tmp_path):
+    """The driver's refresh remembers each child run's Pareto tags: a new trial that
+    dominates the front is tagged from its own run, the member it displaces is untagged from
+    the memory, and a refresh with nothing new leaves the runs as they are."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    spec = build_spec("drv", {"epochs": 2, "sampler": "random"}, None, "zero")
+    study = create_or_resume(replace(spec, data_hash="zero"), url, 10)
+    runs = StudyRuns(f"sqlite:///{tmp_path}/mlflow.db", "drv")
+
+    def finish(n: int, acc: float, params: float) -> str:
+        run = runs.start_trial(f"t{n}", n, {"x": n}, {}, runs.parent())
+        runs.end_trial(run, "COMPLETE", None, {"val_acc": acc}, {}, {})
+        study.add_trial(create_trial(
+            state=TrialState.COMPLETE, values=[acc, params], params={"x": n},
+            distributions={"x": IntDistribution(0, 100)},
+            user_attrs=TrialRecord(arch_hash=f"a{n}", mlflow_run_id=run, seconds=1.0,
+                                   costs={"params": params}).to_attrs()))
+        return run
+
+    def tags(run: str) -> dict:
+        return runs.client.get_run(run).data.tags
+
+    first = finish(0, 0.5, 2e5)
+    second = finish(1, 0.6, 4e5)
+    refresh(study, runs)
+    assert tags(first)["pareto"] == tags(second)["pareto"] == "true"
+    better = finish(2, 0.7, 1e5)  # dominates both
+    refresh(study, runs)
+    assert tags(better)["pareto"] == "true" and tags(better)["pareto_rank"] == "0"
+    assert tags(first)["pareto"] == "false" and tags(second)["pareto"] == "false"
+    runs.client.set_tag(first, "pareto", "edited")
+    refresh(study, runs)  # nothing started or finished since: nothing read or written
+    assert tags(first)["pareto"] == "edited"
