@@ -19,6 +19,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -95,8 +96,8 @@ def reference(ds, device, epochs, workers, subset):
     return {"test_acc": correct / len(ds.test_y), "seconds": time.perf_counter() - start}
 
 
-def ours(ds, device, recipe, compile, subset):
-    splits = ds.split(subset=subset)
+def ours(ds, device, recipe, compile, subset, val_size=5000):
+    splits = ds.split(subset=subset, val_size=val_size)
     torch.manual_seed(0)
     model = spaces.get("convmixer").build(CONFIG, 10, 32)
     start = time.perf_counter()
@@ -125,16 +126,24 @@ def main() -> None:
     p.add_argument("--subset", type=int, help="train images (smoke runs)")
     p.add_argument("--modes", default="eager,compiled")
     p.add_argument("--cache", default="patchnas-workspace/cache")
+    p.add_argument("--tiny", action="store_true", help="a rehearsal (bench/gpu_session.sh "
+                   "--smoke): ConvMixer-32/2, 500 validation and 500 test images")
     args = p.parse_args()
     device = torch.device(args.device)
     ds = datasets.load(args.data, cache_dir=args.cache)
+    val_size = 5000
+    if args.tiny:
+        global CONFIG
+        CONFIG = spaces.ConvMixerConfig(32, 2, 4, 3, "gelu")
+        ds = replace(ds, test_x=ds.test_x[:500], test_y=ds.test_y[:500])
+        val_size = 500
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device: {name}  torch {torch.__version__}", file=sys.stderr)
     ref = reference(ds, device, args.ref_epochs, args.workers, args.subset)
     out = {"device": name, "reference": ref}
     recipe = Recipe(epochs=args.epochs, lr=args.lr, cutout=args.cutout)
     for mode in args.modes.split(","):
-        res = ours(ds, device, recipe, mode == "compiled", args.subset)
+        res = ours(ds, device, recipe, mode == "compiled", args.subset, val_size)
         res["speedup_vs_reference"] = ref["seconds"] / res["seconds"]
         res["test_acc_minus_reference"] = res["test_acc"] - ref["test_acc"]
         out[mode] = res

@@ -52,7 +52,7 @@ def small_configs(n: int, seed: int = 0) -> list[dict[str, int]]:
 def one_run(name: str, per_gpu: int, args, workspace: Path) -> dict:
     given = {"family": "convmixer", "overrides": parse_assignments(SPACE),
              "epochs": args.epochs, "pruner": "none", "sampler": "random", "seed": 0,
-             "subset": args.subset}
+             "subset": args.subset, "val_size": args.val_size}
     url = default_url(workspace)
     find_spec(name, url)  # creates the database, as the command does
     data = str(resolve_data(args.data, workspace, download=False).resolve())
@@ -89,6 +89,7 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=24)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--subset", type=int, default=None, help="train images per trial")
+    p.add_argument("--val-size", type=int, default=5000, help="validation images per trial")
     p.add_argument("--per-gpu", default="1,4", help="the --trials-per-gpu settings to compare")
     p.add_argument("--workspace", help="default: a temporary folder (the decode cache is "
                                        "shared by the settings)")

@@ -157,9 +157,13 @@ def ray_head(*extra: str, nodes: int = 1, num_cpus: int = 1):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex,
            "RAY_USAGE_STATS_ENABLED": "0"}
-    head = subprocess.run([RAY, "start", "--head", f"--port={port}", f"--num-cpus={num_cpus}",
-                           "--disable-usage-stats", *extra],
-                          capture_output=True, text=True, timeout=180, env=env)
+    for _attempt in range(2):  # on two busy cores Ray's GCS can miss its start-up deadline
+        head = subprocess.run([RAY, "start", "--head", f"--port={port}",
+                               f"--num-cpus={num_cpus}", "--disable-usage-stats", *extra],
+                              capture_output=True, text=True, timeout=180, env=env)
+        if head.returncode == 0:
+            break
+        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120, env=env)
     assert head.returncode == 0, head.stderr
     try:
         for _ in range(nodes - 1):

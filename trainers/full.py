@@ -27,13 +27,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
-from torchvision import datasets
-from torchvision.transforms import InterpolationMode, v2
 
 import spaces
 from spaces.errors import UserError
 from trainers.full_config import FullConfig
+from trainers.full_input import LOADERS, EpochSampler, make_input
 from trainers.layout import LAYOUTS, adopt_checkpoint_layout, starting_layout
 from trainers.plumbing import (
     NAN_CHECK_EVERY,
@@ -47,7 +45,6 @@ from trainers.plumbing import (
     save_atomic,
 )
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CHECKPOINT, WEIGHTS = "last.pt", "model.pt"
 Report = Callable[[int, dict[str, float]], Any]
 
@@ -66,6 +63,8 @@ class FullOptions:
     device: str | None = None
     resume: bool = False
     workers: int = min(4, os.cpu_count() or 1)  # DataLoader workers per process
+    loader: str = LOADERS[0]  # device: decoded once, augmented on the device; torchvision
+    cache: Path | None = None  # the decoded images (default: $PATCHNAS_CACHE, else out/cache)
     checkpoint_every: int = 0  # steps; 0: at epoch ends only
     seed: int = 0
     precision: str | None = None  # bf16 | fp16 | fp32; default bf16 on CUDA, fp32 on CPU
@@ -116,87 +115,6 @@ def join_processes(device: str | None) -> Processes:
     return Processes(dist.get_rank(), dist.get_world_size(), wanted)
 
 
-# --- data -------------------------------------------------------------------------------
-class SeededSamples(Dataset):
-    """Yields sample `i` of epoch `e` (keys are (e, i)) augmented under seed (seed, e, i)."""
-
-    def __init__(self, base: Dataset, seed: int):
-        self.base, self.seed = base, seed
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, key: tuple[int, int]):
-        epoch, index = key
-        torch.manual_seed(mix_seed(self.seed, epoch, index))
-        return self.base[index]
-
-
-class EpochSampler(Sampler):
-    """This process's share of epoch e's seeded permutation, in whole global batches,
-    skipping the batches a resumed epoch already trained."""
-
-    def __init__(self, n: int, seed: int, rank: int, world: int, batch: int):
-        self.n, self.seed, self.rank, self.world, self.batch = n, seed, rank, world, batch
-        self.steps_per_epoch = n // (world * batch)  # the last partial batch is dropped
-        self.epoch, self.skip = 0, 0
-
-    def set_position(self, epoch: int, skip_steps: int) -> None:
-        self.epoch, self.skip = epoch, skip_steps
-
-    def __len__(self) -> int:
-        return (self.steps_per_epoch - self.skip) * self.batch
-
-    def __iter__(self):
-        gen = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
-        order = torch.randperm(self.n, generator=gen)[:self.steps_per_epoch * self.world
-                                                     * self.batch]
-        mine = order[self.rank::self.world][self.skip * self.batch:]
-        return iter([(self.epoch, int(i)) for i in mine])
-
-
-def image_folders(root: Path, size: int, recipe) -> tuple[Dataset, Dataset, list[str]]:
-    """`train/` and `val/` ImageFolders (ImageNet's layout); classes from `train/`."""
-    root = Path(root)
-    for split in ("train", "val"):
-        if not (root / split).is_dir():
-            raise UserError(f"{root} has no {split}/ folder; give --data a folder in "
-                            f"ImageNet's layout: train/<class>/*.JPEG and val/<class>/*.JPEG")
-    bicubic = InterpolationMode.BICUBIC
-    train_tf = [v2.ToImage(), v2.RandomResizedCrop(size, interpolation=bicubic, antialias=True),
-                v2.RandomHorizontalFlip()]
-    if recipe.randaugment_ops:
-        train_tf.append(v2.RandAugment(recipe.randaugment_ops, recipe.randaugment_magnitude))
-    train_tf += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    if recipe.random_erasing:
-        train_tf.append(v2.RandomErasing(recipe.random_erasing, value="random"))
-    val_tf = [v2.ToImage(), v2.Resize(int(size / recipe.crop_pct), interpolation=bicubic,
-                                      antialias=True),
-              v2.CenterCrop(size), v2.ToDtype(torch.float32, scale=True),
-              v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    try:
-        train = datasets.ImageFolder(str(root / "train"), transform=v2.Compose(train_tf))
-        val = datasets.ImageFolder(str(root / "val"), transform=v2.Compose(val_tf))
-    except (FileNotFoundError, OSError) as err:
-        raise UserError(f"cannot read the images under {root}: {err}") from None
-    if val.classes != train.classes:
-        raise UserError(f"{root}/val has classes {val.classes[:3]}... but train/ has "
-                        f"{train.classes[:3]}...; both need the same class folders")
-    return train, val, train.classes
-
-
-def batch_mixer(recipe, num_classes: int):
-    """MixUp and/or CutMix on a batch (one of them, at random, when both are on)."""
-    mixers = []
-    if recipe.mixup:
-        mixers.append(v2.MixUp(alpha=recipe.mixup, num_classes=num_classes))
-    if recipe.cutmix:
-        mixers.append(v2.CutMix(alpha=recipe.cutmix, num_classes=num_classes))
-    if not mixers:
-        return None
-    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
-
-
 # --- the trainer ------------------------------------------------------------------------
 class FullTrainer:
     def __init__(self, config: FullConfig, options: FullOptions, procs: Processes):
@@ -215,8 +133,11 @@ class FullTrainer:
         if self.batch % procs.world:
             raise UserError(f"--batch-size {self.batch} is global: it must divide evenly "
                             f"over {procs.world} processes")
-        self.train_set, self.val_set, self.classes = image_folders(
-            options.data, config.image_size, self.recipe)
+        cache = options.cache or Path(os.environ.get("PATCHNAS_CACHE") or options.out / "cache")
+        self.input = make_input(options.loader, options.data, config.image_size, self.recipe,
+                                options.seed, options.workers, self.device, cache)
+        self.train_set, self.val_set = self.input.train_set, self.input.val_set
+        self.classes = self.input.classes
         self.sampler = EpochSampler(len(self.train_set), options.seed, procs.rank, procs.world,
                                     self.batch // procs.world)
         if self.sampler.steps_per_epoch == 0:
@@ -255,7 +176,6 @@ class FullTrainer:
         self.scheduler = self._scheduler(step=0)
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=self.amp_dtype == torch.float16)
-        self.mixer = batch_mixer(r, len(self.classes))
         self.epoch, self.step_in_epoch, self.step, self.history = 0, 0, 0, []
 
     def _scheduler(self, step: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -351,19 +271,14 @@ class FullTrainer:
         r = self.recipe
         self.model.train()
         self.sampler.set_position(self.epoch, self.step_in_epoch)
-        loader = DataLoader(SeededSamples(self.train_set, self.opt.seed),
-                            batch_size=self.sampler.batch, sampler=self.sampler,
-                            num_workers=self.opt.workers, pin_memory=self.cuda, drop_last=True)
+        loader = self.input.train_loader(self.sampler)
         bar = self._bar(min(len(loader), self.total_steps - self.step))
         loss_sum, seen = torch.zeros((), device=self.device), 0
         every = self.opt.checkpoint_every
-        for x, y in loader:
+        for batch in loader:
             torch.manual_seed(mix_seed(self.opt.seed, self.epoch, self.step_in_epoch,
                                    self.procs.rank))
-            if self.mixer is not None:
-                x, y = self.mixer(x, y)
-            x = x.to(self.device, non_blocking=True)
-            y = y.to(self.device, non_blocking=True)
+            x, y = self.input.prepare(batch)
             x = x.contiguous(memory_format=LAYOUTS[self.layout])
             with torch.autocast(self.device.type, self.amp_dtype,
                                 enabled=self.amp_dtype is not None):
@@ -413,13 +328,12 @@ class FullTrainer:
     def evaluate(self) -> tuple[float, float]:
         """Top-1 and top-5 on all of val/ (each process scores its share)."""
         self.model.eval()
-        share = Subset(self.val_set, range(self.procs.rank, len(self.val_set), self.procs.world))
-        loader = DataLoader(share, batch_size=max(1, self.sampler.batch),
-                            num_workers=self.opt.workers, pin_memory=self.cuda)
+        share = range(self.procs.rank, len(self.val_set), self.procs.world)
+        loader = self.input.val_loader(share, max(1, self.sampler.batch))
         counts = torch.zeros(3, device=self.device)
         k = min(5, len(self.classes))
-        for x, y in loader:
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        for batch in loader:
+            x, y = self.input.prepare_val(batch)
             x = x.contiguous(memory_format=LAYOUTS[self.layout])
             with torch.autocast(self.device.type, self.amp_dtype,
                                 enabled=self.amp_dtype is not None):

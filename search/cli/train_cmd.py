@@ -103,6 +103,10 @@ def _add_full(train_sub) -> None:
                       help="checkpoints and weights (default: <workspace>/full/<config>)")
     full.add_argument("--workers", type=int, help="DataLoader workers per process "
                                                   "(default: up to 4)")
+    full.add_argument("--loader", choices=("device", "torchvision"), default="device",
+                      help="device: each image decoded once into a uint8 cache, augmented in "
+                           "batches on the device (default); torchvision: decoded and "
+                           "augmented per image in DataLoader workers (the baseline)")
     full.add_argument("--checkpoint-every", type=int, default=500, metavar="STEPS",
                       help="also checkpoint every N steps (0: at epoch ends only)")
     full.add_argument("--seed", type=int, default=0)
@@ -115,7 +119,7 @@ def _add_full(train_sub) -> None:
 
 def _train_full(args: argparse.Namespace) -> int:
     from search.promote.full import default_out, in_torchrun, relaunch, train_full
-    from search.study.workspace import workspace_dir
+    from search.study.workspace import cache_dir, workspace_dir
     from trainers.full import FullOptions
 
     if args.nproc_per_node != 1 and not in_torchrun():
@@ -126,6 +130,7 @@ def _train_full(args: argparse.Namespace) -> int:
         data=Path(args.data), out=out, epochs=args.epochs, max_steps=args.max_steps,
         batch_size=args.batch_size, device=args.device, resume=args.resume,
         workers=FullOptions.workers if args.workers is None else args.workers,
+        loader=args.loader, cache=cache_dir(workspace),
         checkpoint_every=args.checkpoint_every, seed=args.seed,
         precision=args.precision, progress=not args.no_progress)
     result = train_full(args.config, options, tracking_uri=tracking_uri(args),

@@ -318,18 +318,26 @@ def _read_trials(storage: optuna.storages.RDBStorage, study_id: int, states: Any
     parsed: dict[str, Any] = {}  # a study has few distinct distributions: parse each once
     built = {h.trial_id: {"params": {}, "distributions": {}, "values": {}, "steps": {},
                           "user": {}, "system": {}} for h in heads}
+    # each SELECT sees the trials committed by then: rows of a trial that arrived after the
+    # first one are left for the next read (Optuna's reader, loading the children of the
+    # trials it found, leaves them too)
     for tid, name, value, text in params:
-        dist = parsed.get(text) or parsed.setdefault(text, json_to_distribution(text))
-        built[tid]["params"][name] = dist.to_external_repr(value)
-        built[tid]["distributions"][name] = dist
+        if tid in built:
+            dist = parsed.get(text) or parsed.setdefault(text, json_to_distribution(text))
+            built[tid]["params"][name] = dist.to_external_repr(value)
+            built[tid]["distributions"][name] = dist
     for tid, objective, value, kind in values:
-        built[tid]["values"][objective] = models.TrialValueModel.stored_repr_to_value(value, kind)
+        if tid in built:
+            built[tid]["values"][objective] = models.TrialValueModel.stored_repr_to_value(
+                value, kind)
     for tid, step, value, kind in steps:
-        built[tid]["steps"][step] = (models.TrialIntermediateValueModel
-                                     .stored_repr_to_intermediate_value(value, kind))
+        if tid in built:
+            built[tid]["steps"][step] = (models.TrialIntermediateValueModel
+                                         .stored_repr_to_intermediate_value(value, kind))
     for table, key in ((user, "user"), (system, "system")):
         for tid, name, text in table:
-            built[tid][key][name] = json.loads(text)
+            if tid in built:
+                built[tid][key][name] = json.loads(text)
     return [optuna.trial.FrozenTrial(
         number=h.number, state=h.state, value=None,
         values=[b["values"][i] for i in range(len(b["values"]))] if b["values"] else None,

@@ -169,3 +169,34 @@ def test_trial_reader_builds_the_trials_optunas_reader_builds(tmp_path):
     t = study.ask()  # the enqueued trial, then one more finished: the cache reads the change
     study.tell(t, [0.9, 1.0])
     assert [t.__dict__ for t in cached.get_trials()] == [t.__dict__ for t in study.get_trials()]
+
+
+def test_trial_reader_leaves_out_rows_of_a_trial_that_arrives_while_it_reads():
+    """On PostgreSQL each SELECT sees what is committed by then: a trial that another worker
+    adds between the reader's first SELECT and the next is left for the next read, never
+    half-built (it failed a worker with a KeyError once)."""
+    import uuid
+
+    from sqlalchemy import event
+
+    from tests.helpers import postgres_url
+
+    url, name = postgres_url(), f"race-{uuid.uuid4().hex[:8]}"
+    study = optuna.create_study(storage=url, study_name=name)
+    for _ in range(3):
+        study.ask().set_user_attr("curve", [])
+    ours = record.TrialReadingRDBStorage(url)
+    arrived = []
+
+    def another_worker_asks(conn, cursor, statement, *args):
+        if "FROM trials" in statement and not arrived:
+            late = study.ask()  # committed on its own connection, between our statements
+            late.set_user_attr("late", True)
+            arrived.append(late.number)
+
+    event.listen(ours.engine, "after_cursor_execute", another_worker_asks)
+    got = ours._get_trials(study._study_id, None, set(), -1)
+    assert arrived == [3] and [t.number for t in got] == [0, 1, 2]
+    assert all(t.user_attrs == {"curve": []} for t in got)
+    event.remove(ours.engine, "after_cursor_execute", another_worker_asks)
+    assert [t.number for t in ours._get_trials(study._study_id, None, set(), -1)] == [0, 1, 2, 3]
