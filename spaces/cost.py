@@ -98,14 +98,17 @@ def count_costs(family: Family, config: Any, image_size: int, num_classes: int) 
 
 
 def target_and_proxy_costs(family: Family, proxy_config: Any, image_size: int = 224,
-                           num_classes: int = 1000) -> dict[str, int]:
-    """The costs a search records: the target model's (the objectives) beside the proxy's."""
+                           num_classes: int = 1000, proxy_size: int = PROXY_SIZE,
+                           proxy_classes: int = 10) -> dict[str, int]:
+    """The costs a search records: the target model's (the objectives) beside those of the
+    proxy as trained (at `proxy_size`, the data's, on `proxy_classes`)."""
     target = costs(family, family.to_target(proxy_config, image_size), image_size, num_classes)
     at_224 = (target if image_size == 224 else
               costs(family, family.to_target(proxy_config, 224), 224, num_classes))
-    proxy = costs(family, proxy_config, PROXY_SIZE, 10)
+    proxy = costs(family, family.to_target(proxy_config, proxy_size), proxy_size,
+                  proxy_classes)
     return {"params": target.params, "macs": target.macs, "macs_224": at_224.macs,
-            "proxy_params": proxy.params, "macs_32": proxy.macs}
+            "proxy_params": proxy.params, "proxy_macs": proxy.macs}
 
 
 @dataclass(frozen=True)

@@ -177,6 +177,9 @@ class FullTrainer:
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=self.amp_dtype == torch.float16)
         self.epoch, self.step_in_epoch, self.step, self.history = 0, 0, 0, []
+        # the epoch's training loss so far, over all processes (summed, count): a resumed
+        # epoch reports the mean over the whole epoch, not only the steps after the restart
+        self.epoch_loss = (0.0, 0)
 
     def _scheduler(self, step: int) -> torch.optim.lr_scheduler.LambdaLR:
         """The learning-rate schedule, positioned at update `step`."""
@@ -201,6 +204,7 @@ class FullTrainer:
                 "rng": rng_state(self.device),
                 "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "step": self.step,
                 "total_steps": self.total_steps, "history": self.history,
+                "epoch_loss": list(self.epoch_loss),
                 "layout": self.layout,
             }
             save_atomic(state, self.checkpoint)
@@ -226,6 +230,7 @@ class FullTrainer:
         restore_rng(state["rng"], self.device)
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.step, self.history = state["step"], state["history"]
+        self.epoch_loss = tuple(state.get("epoch_loss", (0.0, 0)))
         # the schedule from the step; an older checkpoint's "scheduler" entry is not needed
         self.scheduler = self._scheduler(self.step)
 
@@ -243,20 +248,24 @@ class FullTrainer:
             self.load()
             log(f"resumed at epoch {self.epoch + 1}, step {self.step} of {self.total_steps}")
         while self.step < self.total_steps:
-            epoch_start = time.perf_counter()
+            epoch_start, steps_before = time.perf_counter(), self.step
             loss = self._train_epoch()
+            train_seconds = time.perf_counter() - epoch_start
             top1, top5 = self.evaluate()
             finished_epoch = self.step_in_epoch >= self.sampler.steps_per_epoch
             metrics = {"epoch": self.epoch + 1, "step": self.step, "train_loss": loss,
                        "top1": top1, "top5": top5, "lr": self.scheduler.get_last_lr()[0],
-                       "epoch_seconds": time.perf_counter() - epoch_start}
+                       "epoch_seconds": time.perf_counter() - epoch_start,
+                       "images_per_s": (self.step - steps_before) * self.batch
+                       / max(train_seconds, 1e-9)}
             self.history.append(metrics)
             if finished_epoch:
                 self.epoch, self.step_in_epoch = self.epoch + 1, 0
             self.save()
             if self.procs.main:
                 log(f"epoch {metrics['epoch']}: step {self.step}/{self.total_steps} loss "
-                    f"{loss:.4f} top1 {top1:.4f} top5 {top5:.4f}")
+                    f"{loss:.4f} top1 {top1:.4f} top5 {top5:.4f} "
+                    f"{metrics['images_per_s']:.0f} img/s")
                 if report is not None:
                     report(metrics["epoch"], dict(metrics))
         last = self.history[-1] if self.history else {"top1": math.nan, "top5": math.nan}
@@ -274,6 +283,9 @@ class FullTrainer:
         loader = self.input.train_loader(self.sampler)
         bar = self._bar(min(len(loader), self.total_steps - self.step))
         loss_sum, seen = torch.zeros((), device=self.device), 0
+        if self.procs.main:  # the part of this epoch trained before a restart
+            loss_sum += self.epoch_loss[0]
+            seen = self.epoch_loss[1]
         every = self.opt.checkpoint_every
         for batch in loader:
             torch.manual_seed(mix_seed(self.opt.seed, self.epoch, self.step_in_epoch,
@@ -304,17 +316,26 @@ class FullTrainer:
                 break
             if every and self.step % every == 0 and \
                     self.step_in_epoch < self.sampler.steps_per_epoch:
+                self.epoch_loss = self._epoch_loss_so_far(loss_sum, seen)
                 self.save()  # mid-epoch; the epoch's end saves anyway
         if bar is not None:
             bar.close()
-        if self.procs.world > 1:
-            stats = torch.stack([loss_sum, torch.tensor(float(seen), device=self.device)])
-            dist.all_reduce(stats)
-            loss_sum, seen = stats[0], int(stats[1])
-        loss = float(loss_sum) / max(1, seen)
+        total, seen = self._epoch_loss_so_far(loss_sum, seen)
+        # a cut-short run (--max-steps) may end mid-epoch: its checkpoint carries the sums on
+        self.epoch_loss = ((total, seen) if self.step_in_epoch < self.sampler.steps_per_epoch
+                           else (0.0, 0))
+        loss = total / max(1, seen)
         if not math.isfinite(loss):
             raise TrainingFailed(f"the training loss diverged in epoch {self.epoch + 1}")
         return loss
+
+    def _epoch_loss_so_far(self, loss_sum: torch.Tensor, seen: int) -> tuple[float, int]:
+        """(summed loss, samples) of the epoch so far, over all processes."""
+        stats = torch.stack([loss_sum, torch.tensor(float(seen), device=self.device)])
+        if self.procs.world > 1:
+            stats = stats.clone()
+            dist.all_reduce(stats)
+        return float(stats[0]), int(stats[1])
 
     def _bar(self, total: int):
         if not (self.opt.progress and self.procs.main):

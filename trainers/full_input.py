@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,34 @@ def check_folders(root: Path) -> tuple[datasets.ImageFolder, datasets.ImageFolde
         raise UserError(f"{root}/val has classes {val.classes[:3]}... but train/ has "
                         f"{train.classes[:3]}...; both need the same class folders")
     return train, val
+
+
+@dataclass(frozen=True)
+class FolderShape:
+    classes: list[str]
+    image_size: int  # the median shorter side of a sample of its training images
+
+
+def folder_shape(root: Path, sample: int = 64) -> FolderShape:
+    """What an ImageNet-layout folder holds: its classes (train/'s folders) and its images'
+    size, from the headers of up to `sample` training images spread over the classes."""
+    train = Path(root) / "train"
+    if not train.is_dir():
+        raise UserError(f"{root} has no train/ folder; give a folder in ImageNet's layout: "
+                        f"train/<class>/*.JPEG and val/<class>/*.JPEG")
+    classes = sorted(p.name for p in train.iterdir() if p.is_dir())
+    files = sorted(f for c in classes for f in (train / c).iterdir() if f.is_file())
+    if not classes or not files:
+        raise UserError(f"{train} holds no class folders with images")
+    step = max(1, len(files) // sample)
+    sides = []
+    for f in files[::step][:sample]:
+        try:
+            with Image.open(f) as image:  # reads the header only
+                sides.append(min(image.size))
+        except OSError as err:
+            raise UserError(f"cannot read {f}: {err}; remove or replace the file") from None
+    return FolderShape(classes, int(np.median(sides)))
 
 
 def batch_mixer(recipe, num_classes: int):

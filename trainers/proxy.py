@@ -88,7 +88,9 @@ def channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[tuple, tuple]:
         squares += (part * part).sum((0, 2, 3))
     n = len(x) * x.shape[2] * x.shape[3]
     mean = total / n
-    std = (squares / n - mean * mean).sqrt()
+    # a channel that never varies (a constant colour, a grey image stored as RGB) would
+    # divide by zero: a floor of one grey level keeps its inputs finite
+    std = (squares / n - mean * mean).clamp(min=0).sqrt().clamp(min=1 / 255)
     return tuple(mean.tolist()), tuple(std.tolist())
 
 

@@ -112,7 +112,8 @@ class TrialRunner:
             family=family.name, config=asdict(proxy), label=family.label(proxy),
             arch_hash=digest, fidelity=spec.epochs,
             seed=trial_seed(spec.seed, original_number(trial)), device=str(self.trainer.device),
-            worker=WORKER)
+            worker=WORKER, image_size=self.data.image_size, num_classes=self.data.num_classes,
+            train_images=len(self.data.train_y), val_images=len(self.data.val_y))
         self._check_surplus(trial, identity)
         costs = self._costs(family, proxy, digest)
         found = dict(identity)
@@ -143,6 +144,8 @@ class TrialRunner:
         params = {"family": family.name, "arch": asdict(proxy), "target_size": spec.target_size,
                   "target_classes": spec.target_classes, "epochs": spec.epochs,
                   "subset": spec.subset, "val_size": spec.val_size,
+                  "image_size": self.data.image_size, "num_classes": self.data.num_classes,
+                  "train_images": len(self.data.train_y),
                   "seed": trial_seed(spec.seed, original_number(trial)),
                   "recipe": asdict(spec.recipe_obj)}
         tags = {"study": spec.name, "trial": str(trial.number), "arch_hash": digest,
@@ -168,6 +171,8 @@ class TrialRunner:
             metrics["seconds"] = r.seconds
         if r.epochs_run is not None:
             metrics["epochs_run"] = r.epochs_run
+        if r.images_per_s is not None:
+            metrics["images_per_s"] = r.images_per_s
         config = {"family": r.family, "proxy_config": r.config, "costs": r.costs}
         self.runs.end_trial(self.child, r.state or "FAIL", r.reason, metrics, {},
                             {"config.yaml": yaml.safe_dump(config)})
@@ -176,7 +181,8 @@ class TrialRunner:
     def _costs(self, family, proxy, digest: str) -> dict[str, float]:
         if digest not in self.cost_cache:  # counting MACs runs the model on the meta device
             self.cost_cache[digest] = target_and_proxy_costs(
-                family, proxy, self.spec.target_size, self.spec.target_classes)
+                family, proxy, self.spec.target_size, self.spec.target_classes,
+                proxy_size=self.data.image_size, proxy_classes=self.data.num_classes)
         return dict(self.cost_cache[digest])
 
     def _check_surplus(self, trial: optuna.Trial, identity: dict) -> None:
@@ -276,7 +282,8 @@ class TrialRunner:
 
         result = self.trainer.fit(build, data, report=report, seed=seed, checkpoint=checkpoint)
         checkpoint.unlink(missing_ok=True)
-        done: dict[str, Any] = {"seconds": result.seconds, "epochs_run": result.epochs}
+        done: dict[str, Any] = {"seconds": result.seconds, "epochs_run": result.epochs,
+                                "images_per_s": result.images_per_s}
         if result.peak_memory_bytes is not None:
             done["peak_memory_bytes"] = result.peak_memory_bytes
         if result.status == "stopped":

@@ -45,7 +45,8 @@ def train_proxy(*, preset: str | None = None, family: str | None = None,
         "first_step_seconds": result.first_step_seconds,
         "peak_memory_bytes": result.peak_memory_bytes, "device": str(trainer.device),
         "data": {"name": splits.name, "content_hash": splits.content_hash,
-                 "train": len(splits.train_y), "val": len(splits.val_y)},
+                 "train": len(splits.train_y), "val": len(splits.val_y),
+                 "image_size": splits.image_size, "num_classes": splits.num_classes},
     }
     if evaluate_test:
         out["test_acc"] = result.test_acc

@@ -4,6 +4,7 @@ to full training and back."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from search.cli.common import (
@@ -23,7 +24,11 @@ def _selection_flags(parser: argparse.ArgumentParser) -> None:
                         help="pareto (default), knee, top-k:N, best-under:params=5e6")
     parser.add_argument("--out", metavar="DIR", help="default: <workspace>/exports/<study>")
     parser.add_argument("--target-size", type=COUNT,
-                        help="image size of the exported models (default: the study's, 224)")
+                        help="image size of the exported models (default: that of the "
+                             "--full-data images, else the study's, 224)")
+    parser.add_argument("--target-classes", type=at_least(2), metavar="N",
+                        help="classes of the exported models (default: --full-data's class "
+                             "folders, else the study's, 1000)")
     parser.add_argument("--confirm-seeds", type=at_least(0), default=0, metavar="N",
                         help="re-run the selected proxy configs with N more seeds first; "
                              "select on the means")
@@ -80,7 +85,8 @@ def _export(args: argparse.Namespace) -> int:
     from search.promote.export import export
 
     written = export(args.name, storage_url(args), args.select, _out(args),
-                     target_size=args.target_size, full_data=args.full_data,
+                     target_size=args.target_size, target_classes=args.target_classes,
+                     full_data=args.full_data,
                      confirm_seeds=args.confirm_seeds, confirm=_confirmer(args))
     if args.json:
         return print_json(written)
@@ -112,7 +118,8 @@ def _promote(args: argparse.Namespace) -> int:
     opts = LaunchOptions(args.launch, full_data, args.nproc_per_node, tuple(extra),
                          args.ray_address, tracking_uri(args) or "off")
     launched = promote(args.name, storage_url(args), args.select, opts, out=_out(args),
-                       target_size=args.target_size, confirm_seeds=args.confirm_seeds,
+                       target_size=args.target_size, target_classes=args.target_classes,
+                       confirm_seeds=args.confirm_seeds,
                        confirm=_confirmer(args), dry_run=args.dry_run)
     if args.json:
         print_json(launched)
@@ -122,6 +129,8 @@ def _promote(args: argparse.Namespace) -> int:
 def add_fidelity_command(sub) -> None:
     fid = sub.add_parser("fidelity", help="rank correlation of proxy and full results")
     fid.add_argument("name")
+    fid.add_argument("--include-partial", action="store_true",
+                     help="count full runs cut short (--max-steps, killed) too")
     add_storage_flags(fid)
     fid.add_argument("--json", action="store_true")
     fid.set_defaults(run=_fidelity)
@@ -131,9 +140,12 @@ def _fidelity(args: argparse.Namespace) -> int:
     from search.promote.fidelity import fidelity
     from search.study.studies import load_study
 
-    report = fidelity(load_study(args.name, storage_url(args)))
+    report = fidelity(load_study(args.name, storage_url(args)), args.include_partial)
     if args.json:
         return print_json(report)
+    for run in report["left_out"]:
+        print(f"left out: trial {run['trial']} run {run['run_id']}: {run['why']}",
+              file=sys.stderr)
     for name in ("kendall_tau", "spearman"):
         r = report[name]
         print(f"{name:<12} {r['value']:+.3f}  95% CI [{r['ci95'][0]:+.3f}, "

@@ -54,6 +54,6 @@ def _show(args: argparse.Namespace) -> None:
     print(f"  params {result['params'] / 1e6:.2f}M   MACs {result['macs'] / 1e9:.3f}G   "
           f"MACs@224 {result['macs_224'] / 1e9:.3f}G")
     print(f"  proxy at 32 px, 10 classes: params {result['proxy_params'] / 1e6:.2f}M   "
-          f"MACs {result['macs_32'] / 1e9:.3f}G")
+          f"MACs {result['proxy_macs'] / 1e9:.3f}G")
     print(f"  config: {result['config']}")
     print(f"  proxy config: {result['proxy_config']}")

@@ -107,6 +107,9 @@ def _add_full(train_sub) -> None:
                       help="device: each image decoded once into a uint8 cache, augmented in "
                            "batches on the device (default); torchvision: decoded and "
                            "augmented per image in DataLoader workers (the baseline)")
+    full.add_argument("--num-classes-from-data", action="store_true",
+                      help="train a model with --data's class count even when the config "
+                           "was exported for another")
     full.add_argument("--checkpoint-every", type=int, default=500, metavar="STEPS",
                       help="also checkpoint every N steps (0: at epoch ends only)")
     full.add_argument("--seed", type=int, default=0)
@@ -134,7 +137,8 @@ def _train_full(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every, seed=args.seed,
         precision=args.precision, progress=not args.no_progress)
     result = train_full(args.config, options, tracking_uri=tracking_uri(args),
-                        storage_url=storage_url(args))
+                        storage_url=storage_url(args),
+                        classes_from_data=args.num_classes_from_data)
     if result is None:  # not the main process of a DDP run
         return 0
     if args.json:

@@ -16,7 +16,9 @@ import numpy as np
 import optuna
 from scipy import stats
 
-from search.study.record import TrialRecord, confirmations, full_results
+from search.study.record import StudyKey, TrialRecord, confirmations, full_results, read_json
+from search.study.results import state_of
+from search.study.studies import load_spec
 from spaces.errors import UserError
 
 BOOTSTRAP = 2000
@@ -45,27 +47,82 @@ def bootstrap(stat, x: Sequence[float], y: Sequence[float], seed: int = 0,
     return float(lo), float(hi)
 
 
-def fidelity(study: optuna.Study) -> dict[str, Any]:
+def fidelity(study: optuna.Study, include_partial: bool = False) -> dict[str, Any]:
+    """The proxy against full training, over the trials with a usable full run: per trial
+    its best completed run at the study's target (the size and classes it was promoted at);
+    with `include_partial`, runs cut short count too. The runs left out are listed, with why."""
+    target = promotion_target(study)
     full, confirmed = full_results(study), confirmations(study)
-    pairs = []
-    for number, result in sorted(full.items()):
+    pairs, left_out = [], []
+    for number, runs in sorted(full.items()):
+        usable = []
+        for run in runs:
+            why = _unusable(run, target, include_partial)
+            if why:
+                left_out.append({"trial": number, "run_id": run.get("run_id"), "why": why})
+            else:
+                usable.append(run)
         trial = study.trials[number]
         proxy = confirmed.get(number, {}).get("mean")
         if proxy is None:
             proxy = TrialRecord.from_trial(trial).last_val_acc
-        if proxy is not None:
-            pairs.append({"trial": number, "proxy_val_acc": proxy, "full_top1": result["top1"],
-                          "completed": result.get("completed", False),
-                          "image_size": result.get("image_size")})
+        if usable and proxy is not None:
+            best = max(usable, key=lambda r: r["top1"])
+            pairs.append({"trial": number, "proxy_val_acc": proxy, "full_top1": best["top1"],
+                          "completed": best.get("completed", False),
+                          "image_size": best.get("image_size"),
+                          "num_classes": best.get("num_classes"), "run_id": best.get("run_id")})
     if len(pairs) < 3:
-        raise UserError(f"study {study.study_name!r} has {len(pairs)} promoted config(s) with a "
-                        f"full result; rank correlation needs at least 3 (patchnas promote "
-                        f"{study.study_name} --select top-k:5 ...)")
+        raise UserError(_too_few(study, pairs, left_out, target, include_partial))
     x = [p["proxy_val_acc"] for p in pairs]
     y = [p["full_top1"] for p in pairs]
-    out = {"study": study.study_name, "n": len(pairs), "pairs": pairs}
+    out = {"study": study.study_name, "target": target, "n": len(pairs), "pairs": pairs,
+           "left_out": left_out}
     for name, stat in (("kendall_tau", kendall_tau_b), ("spearman", spearman)):
         lo, hi = bootstrap(stat, x, y)
         out[name] = {"value": stat(x, y), "ci95": [lo, hi]}
     out["partial"] = sum(not p["completed"] for p in pairs)
     return out
+
+
+def promotion_target(study: optuna.Study) -> dict[str, int]:
+    """The size and classes the study was promoted at (else its spec's target)."""
+    stored = read_json(study, StudyKey.TARGET)
+    if stored:
+        return stored
+    spec = load_spec(study)
+    return {"image_size": spec.target_size, "num_classes": spec.target_classes}
+
+
+def _unusable(run: dict[str, Any], target: dict[str, int], include_partial: bool) -> str:
+    if not run.get("completed") and not include_partial:
+        return (f"partial: {run.get('steps')} of {run.get('steps_planned', '?')} steps "
+                f"(--include-partial counts it)")
+    if run.get("image_size") != target["image_size"]:
+        return f"trained at {run.get('image_size')} px, the target is {target['image_size']}"
+    if run.get("num_classes") != target["num_classes"]:
+        return (f"trained on {run.get('num_classes')} classes, the target has "
+                f"{target['num_classes']}")
+    return ""
+
+
+def _too_few(study: optuna.Study, pairs, left_out, target, include_partial) -> str:
+    """Why there is no ranking yet, and what would give one, in one line."""
+    name = study.study_name
+    trained = {TrialRecord.from_trial(t).arch_hash for t in study.get_trials(deepcopy=False)
+               if state_of(t) == "COMPLETE"}
+    size = f"{target['image_size']} px, {target['num_classes']} classes"
+    line = (f"study {name!r} has {len(pairs)} trial(s) with a completed full run at {size}"
+            if not include_partial else
+            f"study {name!r} has {len(pairs)} trial(s) with a full run at {size}")
+    if left_out:
+        line += f" ({len(left_out)} run(s) left out: {left_out[0]['why']}"
+        line += ", ...)" if len(left_out) > 1 else ")"
+    line += "; rank correlation needs at least 3. "
+    if len(trained) < 3:
+        return line + (f"It has only {len(trained)} distinct trained architecture(s): grow "
+                       f"it first (patchnas search run --name {name} --trials N, N larger "
+                       f"than its budget)")
+    return line + (f"It has {len(trained)} distinct trained architectures: promote more of "
+                   f"them to complete runs (patchnas promote {name} --select "
+                   f"top-k:{min(len(trained), 5)} --full-data DIR)")

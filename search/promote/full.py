@@ -9,10 +9,12 @@ beside the proxy result (search.study.record), so `search fidelity` can score th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from search.study.studies import load_study
 from spaces.errors import UserError
 from trainers.full import FullOptions, FullTrainer, TrainingFailed, join_processes
 from trainers.full_config import FullConfig
+from trainers.full_input import folder_shape
 
 RUN_FILE = "mlflow_run.json"  # the run a resumed training continues
 
@@ -38,12 +41,28 @@ def relaunch(nproc: int, argv: list[str]) -> int:
     return subprocess.call(torchrun_command(nproc, argv))
 
 
+UPSAMPLING_WARNED = 1.5  # a config this many times the images' size trains on blur
+
+
 def train_full(config_path: str, options: FullOptions, *, tracking_uri: str | None,
-               storage_url: str | None, log=None) -> dict[str, Any] | None:
+               storage_url: str | None, log=None,
+               classes_from_data: bool = False) -> dict[str, Any] | None:
     """Train; the main process returns what `--json` prints, the others None."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     config = FullConfig.load(config_path)
+    shape = folder_shape(options.data)
+    declared = config.data.get("num_classes")
+    if declared is not None and declared != len(shape.classes) and not classes_from_data:
+        raise UserError(f"{config_path} is for {declared} classes but {options.data} has "
+                        f"{len(shape.classes)}; export it for this data (--full-data, or "
+                        f"--target-classes {len(shape.classes)}), or add "
+                        f"--num-classes-from-data to train a {len(shape.classes)}-class model")
     procs = join_processes(options.device)
+    if procs.main and config.image_size > UPSAMPLING_WARNED * shape.image_size:
+        log(f"warning: {options.data}'s images are about {shape.image_size} px and this config "
+            f"trains at {config.image_size} px: they are upsampled "
+            f"{config.image_size / shape.image_size:.1f}x (export with --target-size "
+            f"{shape.image_size} to train at their size)")
     trainer = FullTrainer(config, options, procs)
     if procs.main:
         log(f"training {config.family} {config.config} at {config.image_size} px on "
@@ -72,9 +91,14 @@ def train_full(config_path: str, options: FullOptions, *, tracking_uri: str | No
     if storage_url and source.get("study") is not None and source.get("trial") is not None:
         written = _write_back(storage_url, source["study"], int(source["trial"]), {
             "top1": result.top1, "top5": result.top5, "epochs_completed": result.epochs_completed,
-            "steps": result.steps, "completed": result.completed,
+            "epochs": trainer.epochs, "steps": result.steps,
+            "steps_planned": trainer.sampler.steps_per_epoch * trainer.epochs,
+            "completed": result.completed,
             "image_size": config.image_size, "num_classes": result.num_classes,
-            "run_id": out.get("run_id"), "weights": result.weights})
+            "train_images": len(trainer.train_set), "val_images": len(trainer.val_set),
+            "config_hash": hashlib.sha256(config.dump().encode()).hexdigest()[:12],
+            "run_id": out.get("run_id"), "weights": result.weights,
+            "when": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         out["written_back"] = written
         if not written:
             log(f"study {source['study']!r} is not in {redact(storage_url)}: the result was not "

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search.promote.export import config_path, export
+from search.promote.export import config_path, export, target_of
 from search.promote.select import Selection, select
 from search.study.record import TrialRecord
 from search.study.storage import redact
@@ -56,7 +56,8 @@ def program(opts: LaunchOptions, printable: bool) -> list[str]:
 
 
 def promote(name: str, storage_url: str, selection: str, opts: LaunchOptions, *,
-            out: str | Path, target_size: int | None = None, confirm_seeds: int = 0,
+            out: str | Path, target_size: int | None = None,
+            target_classes: int | None = None, confirm_seeds: int = 0,
             confirm=None, dry_run: bool = False, log=None) -> list[dict[str, Any]]:
     if opts.launch not in LAUNCHES:
         raise UserError(f"--launch {opts.launch}: choose {', '.join(LAUNCHES)}")
@@ -70,13 +71,14 @@ def promote(name: str, storage_url: str, selection: str, opts: LaunchOptions, *,
     if dry_run:
         study = load_study(name, storage_url)
         spec = load_spec(study)
-        size = target_size or spec.target_size
+        size, _ = target_of(spec, opts.full_data, target_size, target_classes)
         written = [{"trial": t.number, "label": TrialRecord.from_trial(t).label,
                     "path": str(config_path(out, name, t.number, size))}
                    for t in select(study, spec, Selection.parse(selection))]
     else:
         written = export(name, storage_url, selection, out, target_size=target_size,
-                         full_data=opts.full_data, confirm_seeds=confirm_seeds,
+                         target_classes=target_classes, full_data=opts.full_data,
+                         confirm_seeds=confirm_seeds,
                          confirm=confirm)
     if opts.launch == "ray" and not dry_run:
         submit_ray_jobs(name, written, opts, storage_url, log)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+import uuid
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -48,6 +49,12 @@ class TrialRecord:
     seed: int | None = None
     device: str | None = None
     costs: dict[str, float] | None = None  # of the target model, and the proxy's
+    # what the proxy trained at: the data's image size and classes, its split, its speed
+    image_size: int | None = None
+    num_classes: int | None = None
+    train_images: int | None = None
+    val_images: int | None = None
+    images_per_s: float | None = None
     latency: dict[str, Any] | None = None
     curve: list[dict[str, float]] = field(default_factory=list)  # one dict per epoch
     seconds: float | None = None
@@ -111,7 +118,8 @@ class StudyKey:
     BUDGET = "patchnas.n_trials"
     BOUNDS = "patchnas.bounds"
     CONFIRM = "patchnas.confirm"  # + ".t0012": seed confirmations of trial 12
-    FULL = "patchnas.full"  # + ".t0012": the full training of trial 12
+    FULL = "patchnas.full"  # + ".t0012.<id>": a full training of trial 12 (each one kept)
+    TARGET = "patchnas.target"  # the size and classes the study was last promoted at
     SPACE_SIZE = "patchnas.space_size"  # how many architectures the space holds (None: inf)
     CLAIM = "patchnas.claim"  # + ".<arch hash>.e<epochs>": the trial that trains it
     PARENT_RUN = "patchnas.parent_run"  # + ".<experiment id>": the study's MLflow parent run
@@ -188,8 +196,16 @@ def confirmations(study: optuna.Study) -> dict[int, dict[str, Any]]:
     return _by_trial(study, StudyKey.CONFIRM)
 
 
-def full_results(study: optuna.Study) -> dict[int, dict[str, Any]]:
-    return _by_trial(study, StudyKey.FULL)
+def full_results(study: optuna.Study) -> dict[int, list[dict[str, Any]]]:
+    """Every full training of each trial, oldest first."""
+    prefix = StudyKey.FULL + ".t"
+    out: dict[int, list[dict[str, Any]]] = {}
+    for key, value in study.user_attrs.items():
+        if key.startswith(prefix):
+            out.setdefault(int(key[len(prefix):].split(".")[0]), []).append(value)
+    for runs in out.values():
+        runs.sort(key=lambda r: r.get("when") or "")
+    return out
 
 
 def record_confirmation(study: optuna.Study, trial: int, data: dict[str, Any]) -> None:
@@ -197,7 +213,10 @@ def record_confirmation(study: optuna.Study, trial: int, data: dict[str, Any]) -
 
 
 def record_full_result(study: optuna.Study, trial: int, data: dict[str, Any]) -> None:
-    study.set_user_attr(_per_trial_key(StudyKey.FULL, trial), data)
+    """Keep one more full training of `trial`: each under its own key, so none is
+    overwritten and two trainings that finish at once both stay."""
+    study.set_user_attr(f"{_per_trial_key(StudyKey.FULL, trial)}.{uuid.uuid4().hex[:12]}",
+                        data)
 
 
 def claims(study: optuna.Study, attrs: dict[str, Any] | None = None) -> dict[str, int]:

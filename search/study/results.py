@@ -17,6 +17,7 @@ from search.study.record import StudyKey, TrialRecord
 from search.study.spec import StudySpec
 from search.study.storage import missing_file, open_storage
 from search.study.studies import load_spec
+from spaces import PROXY_SIZE
 
 STATES = ("COMPLETE", "RUNNING", "PRUNED", "FAIL", "INFEASIBLE", "REUSED", "WAITING",
           "RETRIED", "DISCARDED")
@@ -142,7 +143,9 @@ def member(t: FrozenTrial, spec: StudySpec) -> dict[str, Any]:
         "costs": r.costs,
         "fidelity": {"epochs": r.epochs_run if r.epochs_run is not None else spec.epochs,
                      "max_epochs": spec.epochs, "subset": spec.subset,
-                     "image_size": 32},
+                     "image_size": r.image_size or PROXY_SIZE,  # older records: 32 px only
+                     "num_classes": r.num_classes, "train_images": r.train_images,
+                     "val_images": r.val_images},
         "arch_hash": r.arch_hash,
         "seed": r.seed,
     }

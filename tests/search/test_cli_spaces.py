@@ -29,7 +29,7 @@ def test_show_every_preset_as_json(capsys, name):
     assert main(["spaces", "show", name, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["preset"] == name
-    for key in ("params", "macs", "macs_224", "proxy_params", "macs_32"):
+    for key in ("params", "macs", "macs_224", "proxy_params", "proxy_macs"):
         assert type(data[key]) is int and data[key] > 0
     if name in PUBLISHED_PARAMS:
         want, tol = PUBLISHED_PARAMS[name]

@@ -31,7 +31,9 @@ def test_issue_check_command_learns_real_cifar_in_under_90s(cifar, workspace):
     assert "test_acc" not in result  # only when asked
     assert seconds < 90
     assert result["data"] == {"name": "cifar10", "content_hash": cifar.content_hash,
-                              "train": 45000, "val": 5000}
+                              "train": 45000, "val": 5000, "image_size": 32,
+                              "num_classes": 10}
+    assert result["images_per_s"] > 0
     progress = [line for line in out.stderr.splitlines() if line.startswith("epoch ")]
     assert len(progress) == 2 and "val_acc" in progress[0]
 

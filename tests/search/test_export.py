@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -137,8 +138,9 @@ def test_promote_trains_writes_back_registers_and_scores_fidelity(study_ws, tmp_
     assert code == 0 and [item["exit_code"] for item in launched] == [0, 0, 0]
 
     study = load_study("ex", url(study_ws))
-    full = full_results(study)
+    full = {n: runs[-1] for n, runs in full_results(study).items()}  # one run each
     assert set(full) == {item["trial"] for item in launched}
+    assert all(len(runs) == 1 for runs in full_results(study).values())
     client = MlflowClient(tracking_uri=default_uri(study_ws))
     experiment = client.get_experiment_by_name("ex")
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
@@ -157,9 +159,14 @@ def test_promote_trains_writes_back_registers_and_scores_fidelity(study_ws, tmp_
     best = client.get_model_version_by_alias("patchnas-ex", "best")
     assert float(best.tags["top1"]) == max(f["top1"] for f in full.values())
 
-    assert main(["search", "fidelity", "ex", "--workspace", str(study_ws), "--json"]) == 0
+    # the runs were cut at 2 steps: left out, unless asked for
+    assert main(["search", "fidelity", "ex", "--workspace", str(study_ws)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "3 run(s) left out: partial: 2 of" in err[0]
+    assert main(["search", "fidelity", "ex", "--workspace", str(study_ws), "--json",
+                 "--include-partial"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["n"] == 3 and report["partial"] == 3
+    assert report["n"] == 3 and report["partial"] == 3 and report["left_out"] == []
     # the report's pairs are the written-back results, and its statistics are theirs
     assert {p["trial"]: p["full_top1"] for p in report["pairs"]} == \
         {n: f["top1"] for n, f in full.items()}
@@ -179,6 +186,7 @@ def test_fidelity_needs_three_full_results(tmp_path, tiny_data, capsys):
     assert main(["search", "fidelity", "few", "--workspace", str(ws)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs at least 3" in err[0]
+    assert re.search(r"only [12] distinct trained architecture\(s\): grow it", err[0]), err
 
 
 @pytest.fixture
@@ -215,4 +223,96 @@ def test_promote_submits_ray_jobs(study_ws, tmp_path, imagenette_small, ray_jobs
                           capture_output=True, text=True, env=env, timeout=60).stdout
     assert "succeeded" in status, logs[-2000:]
     full = full_results(load_study("ex", url(study_ws)))
-    assert item["trial"] in full and full[item["trial"]]["image_size"] == 96
+    assert item["trial"] in full and full[item["trial"]][-1]["image_size"] == 96
+
+
+@pytest.fixture(scope="module")
+def folder_64px_20_classes(tmp_path_factory):
+    """A user's own ImageFolder: 20 classes of 64x64 images, 3 train and 1 val each."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("own") / "data"
+    for split, n in (("train", 3), ("val", 1)):
+        for c in range(20):
+            folder = root / split / f"class{c:02d}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (64, 64), (c * 12, i * 60, 100)).save(folder / f"{i}.png")
+    return root
+
+
+def test_the_target_follows_the_full_data(study_ws, tmp_path, folder_64px_20_classes, capsys):
+    import spaces
+    from spaces.cost import target_and_proxy_costs
+
+    out = tmp_path / "exports"
+    assert main(["promote", "ex", "--select", "knee", "--full-data",
+                 str(folder_64px_20_classes), "--launch", "print", "--out", str(out),
+                 "--workspace", str(study_ws)]) == 0
+    [command] = capsys.readouterr().err.strip().splitlines()
+    path = next(p for p in command.split() if p.endswith(".yaml"))
+    assert path.endswith("-64px.yaml")
+    doc = yaml.safe_load(open(path).read())
+    assert doc["model"]["image_size"] == 64 and doc["data"]["num_classes"] == 20
+    target = doc["provenance"]["costs"]["target"]
+    assert target["image_size"] == 64 and target["num_classes"] == 20
+    family = spaces.get(doc["model"]["family"])
+    proxy = family.config_of(doc["model"]["proxy_config"])
+    expected = target_and_proxy_costs(family, proxy, 64, 20)
+    assert target["params"] == expected["params"] and target["macs"] == expected["macs"]
+    # given explicitly, the flags win over the data
+    assert main(["export", "ex", "--select", "knee", "--full-data",
+                 str(folder_64px_20_classes), "--target-size", "96", "--target-classes", "7",
+                 "--out", str(out), "--workspace", str(study_ws), "--json"]) == 0
+    [item] = json.loads(capsys.readouterr().out)
+    doc = yaml.safe_load(open(item["path"]).read())
+    assert doc["model"]["image_size"] == 96 and doc["data"]["num_classes"] == 7
+
+
+def test_train_full_refuses_a_config_for_other_classes(study_ws, tmp_path, imagenette_small,
+                                                       folder_64px_20_classes, capsys):
+    assert main(["export", "ex", "--select", "knee", "--full-data",
+                 str(folder_64px_20_classes), "--out", str(tmp_path), "--workspace",
+                 str(study_ws), "--json"]) == 0
+    [item] = json.loads(capsys.readouterr().out)
+    args = ["train", "full", item["path"], "--data", str(imagenette_small), "--device", "cpu",
+            "--no-tracking", "--no-progress", "--workers", "0", "--out", str(tmp_path / "o"),
+            "--workspace", str(study_ws)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is for 20 classes but" in err[0] and "has 4" in err[0]
+    assert "--num-classes-from-data" in err[0]
+    assert main([*args, "--num-classes-from-data", "--max-steps", "1", "--epochs", "1",
+                 "--batch-size", "4", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["num_classes"] == 4
+
+
+def test_a_search_on_64px_data_says_what_it_trained_at(tmp_path, folder_64px_20_classes,
+                                                       capsys):
+    """Trials train at the data's size and classes: the record, pareto, the MLflow run and
+    the proxy costs say 64 px and 20 classes, not 32 and 10."""
+    import spaces
+    from spaces.cost import target_and_proxy_costs
+
+    ws = tmp_path / "ws"
+    assert main(["search", "run", "--name", "own", "--family", "convmixer", "--set", "h=16",
+                 "d=1", "p=4", "k=3", "--trials", "1", "--epochs", "1", "--val-size", "20",
+                 "--device", "cpu", "--data", str(folder_64px_20_classes),
+                 "--workspace", str(ws)]) == 0
+    capsys.readouterr()
+    assert main(["search", "pareto", "own", "--workspace", str(ws), "--json"]) == 0
+    [member] = json.loads(capsys.readouterr().out)
+    assert member["fidelity"]["image_size"] == 64 and member["fidelity"]["num_classes"] == 20
+    assert member["fidelity"]["train_images"] == 40 and member["fidelity"]["val_images"] == 20
+    family = spaces.get("convmixer")
+    proxy = family.config_of(member["config"])
+    expected = target_and_proxy_costs(family, proxy, 224, 1000, 64, 20)
+    assert member["costs"]["proxy_params"] == expected["proxy_params"]
+    assert member["costs"]["proxy_macs"] == expected["proxy_macs"]
+    trial = load_study("own", url(ws)).trials[0]
+    assert trial.user_attrs["images_per_s"] > 0
+    client = MlflowClient(tracking_uri=default_uri(ws))
+    run = client.get_run(trial.user_attrs["mlflow_run_id"])
+    assert run.data.params["image_size"] == "64" and run.data.params["num_classes"] == "20"
+    assert run.data.metrics["images_per_s"] > 0

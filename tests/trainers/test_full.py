@@ -99,6 +99,11 @@ def test_a_run_killed_mid_epoch_resumes_to_identical_weights(tmp_path, imagenett
     b = torch.load(tmp_path / "killed" / "model.pt", weights_only=True)
     assert set(a) == set(b)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # the epoch that was cut reports its loss over all of its steps, as the whole run does
+    losses = [[e["train_loss"] for e in torch.load(tmp_path / run / "last.pt",
+                                                   weights_only=True)["history"]]
+              for run in ("whole", "killed")]
+    assert len(losses[0]) == 2 and losses[1] == pytest.approx(losses[0], rel=1e-5)
 
 
 def test_torchrun_two_processes_on_the_cpu(tmp_path, imagenette_small):

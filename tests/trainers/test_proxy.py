@@ -255,3 +255,13 @@ def test_a_run_resumes_in_the_layout_its_checkpoint_was_written_in(tmp_path):
     convs = [p for p in model.parameters() if p.ndim == 4 and min(p.shape[1:]) > 1]
     assert convs and all(p.is_contiguous(memory_format=torch.channels_last) and
                          not p.is_contiguous() for p in convs)
+
+
+def test_a_channel_that_never_varies_is_normalized_to_finite_values():
+    from trainers.proxy import channel_stats
+
+    x = torch.randint(0, 256, (8, 3, 4, 4), dtype=torch.uint8)
+    x[:, 2] = 100  # a constant blue channel
+    mean, std = channel_stats(x)
+    assert std[2] == pytest.approx(1 / 255) and std[0] > 0.1
+    assert mean[2] == pytest.approx(100 / 255)
