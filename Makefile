@@ -24,9 +24,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	# two processes (the CPUs idle half the time in one); tests that share a Ray or an MLflow
-	# database stay in one of them (tests/helpers.py); wall-clock checks run by themselves
-	$(BIN)/pytest -n 2 --dist loadgroup -m "not alone" --durations=12  # the slowest tests
+	# Two pytest processes (in one the CPUs idle half the time): the `heavy` tests (Ray, the
+	# shared MLflow database; one at a time, tests/helpers.py) beside the rest;
+	# then the wall-clock checks by themselves. Each prints its slowest tests.
+	$(BIN)/pytest -m heavy --durations=8 > .pytest-heavy.log 2>&1 & heavy=$$!; \
+	$(BIN)/pytest -m "not heavy and not alone" --durations=12; rest=$$?; \
+	wait $$heavy; heavy=$$?; echo "--- the heavy tests:"; cat .pytest-heavy.log; \
+	[ $$rest -eq 0 ] && [ $$heavy -eq 0 ]
 	$(BIN)/pytest -m alone
 
 # the README's pictures of a real study (needs chromium); check them by eye

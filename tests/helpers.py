@@ -64,11 +64,6 @@ def postgres_url() -> str:
     return url
 
 
-# Tests whose MLflow store is that one database run one after another: MLflow makes or
-# migrates its schema on first use, and two processes doing it at once collide.
-MLFLOW_DB_GROUP = pytest.mark.xdist_group("mlflow-db")
-
-
 def mlflow_test_db() -> str:
     """The database URL an MLflow tracking store may use in tests (.ci/run makes one)."""
     url = os.environ.get("PATCHNAS_TEST_MLFLOW_DB", "")
@@ -142,9 +137,11 @@ def wait_http(url: str, timeout: float) -> bool:
     return wait_for(up, timeout, ignore=(OSError,))
 
 
-# Tests that start Ray run in one pytest-xdist worker, one after another: `ray stop --force`
-# (ray_head's teardown) ends every Ray process on the machine, in-process Ray included.
-RAY_GROUP = pytest.mark.xdist_group("ray")
+# Tests that start Ray or share the MLflow test database: `make test` runs them in a pytest
+# process of their own, one after another, beside the rest. One at a time because `ray stop
+# --force` (ray_head's teardown) ends every Ray process on the machine, in-process Ray
+# included, and MLflow makes its schema on first use.
+HEAVY = pytest.mark.heavy
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ from search.study.storage import redact
 from search.study.studies import load_spec, load_study
 from search.study.workspace import default_tracking_uri as default_uri
 from spaces.errors import UserError
-from tests.helpers import RAY, RAY_GROUP, TINY, free_port, ray_head
+from tests.helpers import HEAVY, RAY, TINY, free_port, ray_head
 from trainers.full_config import FullConfig
 
 
@@ -198,7 +198,7 @@ def ray_jobs():
         yield f"http://127.0.0.1:{port}", env
 
 
-@RAY_GROUP
+@HEAVY
 def test_promote_submits_ray_jobs(study_ws, tmp_path, imagenette_small, ray_jobs):
     address, env = ray_jobs
     out = subprocess.run([sys.executable, "-m", "search", "promote", "ex", "--select",

@@ -18,7 +18,7 @@ from search.study.results import budget, state_of
 from search.study.spec import build_spec
 from search.study.storage import open_storage
 from search.study.studies import create_or_resume
-from tests.helpers import MLFLOW_DB_GROUP, mlflow_test_db, postgres_url, wait_for
+from tests.helpers import HEAVY, mlflow_test_db, postgres_url, wait_for
 from tracking.runs import PARENT, ROLE, TRIAL
 
 WORKERS, TRIALS = 8, 200
@@ -35,7 +35,7 @@ def zero_cost_worker(url: str, name: str, workspace: str, tracking_uri: str, ind
                             trainer=ZeroCostTrainer(0.02), device_data=zero_data()))
 
 
-@MLFLOW_DB_GROUP
+@HEAVY
 def test_eight_workers_one_killed_spend_exactly_the_budget(tmp_path, monkeypatch):
     url, tracking_uri = postgres_url(), mlflow_test_db()
     name = f"many-{uuid.uuid4().hex[:8]}"

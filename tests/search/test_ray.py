@@ -22,8 +22,8 @@ from search.study.storage import open_storage
 from search.study.studies import load_study
 from spaces.errors import UserError
 from tests.helpers import (
+    HEAVY,
     RAY,
-    RAY_GROUP,
     TINY_SETS,
     check_study_runs,
     pids_where,
@@ -32,7 +32,7 @@ from tests.helpers import (
     wait_for,
 )
 
-pytestmark = [pytest.mark.slow, RAY_GROUP]
+pytestmark = [pytest.mark.slow, HEAVY]
 SETS = TINY_SETS
 
 

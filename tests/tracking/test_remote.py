@@ -9,7 +9,7 @@ from mlflow import MlflowClient
 from search.backends.worker import open_runs
 from search.cli import main
 from spaces.errors import UserError
-from tests.helpers import MLFLOW_DB_GROUP, free_port, mlflow_test_db, wait_http
+from tests.helpers import HEAVY, free_port, mlflow_test_db, wait_http
 
 
 def test_a_joining_worker_with_a_local_tracking_uri_is_refused():
@@ -19,7 +19,7 @@ def test_a_joining_worker_with_a_local_tracking_uri_is_refused():
     assert open_runs(None, "s", "postgresql+psycopg://u:p@h/db", spawned=False) is None
 
 
-@MLFLOW_DB_GROUP
+@HEAVY
 def test_study_logs_to_an_mlflow_server_backed_by_postgres(tmp_path, tiny_data, capsys,
                                                            monkeypatch):
     backend = mlflow_test_db()
