@@ -11,6 +11,7 @@ grid, so p scales with the image: p_target = p_proxy * size / 32 (p=1 at 32 px i
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -75,6 +76,23 @@ class ConvMixerFamily(Family):
         "kept: p_target = p * size / 32 (p=1 -> 7 and p=2 -> 14 at 224 px, p x 4 at 128 px), "
         "and back: p_proxy = p * 32 / size, rounded, at least 1."
     )
+
+    def check_space_at(self, space, image_size: int) -> None:
+        """p is in 32 px terms: at another proxy size it scales with the image, and must stay
+        a whole patch (p=1 at 16 px would be half a pixel; rounding it would train another
+        token grid than the one searched)."""
+        [patch] = [p for p in space.params if p.name == "p"]
+        for p in patch.values():
+            self.check_config_at(ConvMixerConfig(1, 1, p, 3), image_size)
+
+    def check_config_at(self, config: ConvMixerConfig, image_size: int) -> None:
+        scaled = config.p * image_size / PROXY_SIZE
+        if scaled < 1 or scaled != int(scaled):
+            raise UserError(
+                f"convmixer: p={config.p} (in 32 px terms) is p={scaled:g} at {image_size} px, "
+                f"not a whole patch; give p values that scale to whole patches (multiples "
+                f"of {PROXY_SIZE // math.gcd(PROXY_SIZE, image_size)}), or another "
+                f"--proxy-size")
 
     def check_size(self, config: ConvMixerConfig, image_size: int) -> None:
         if config.p > image_size:

@@ -67,6 +67,15 @@ class Family(ABC):
     def to_proxy(self, config: Any, image_size: int) -> Any:
         """Map a config native at `image_size` to its 32 px proxy (the reverse rule)."""
 
+    def check_space_at(self, space: Space, image_size: int) -> None:
+        """Raise UserError if a config of `space` (in 32 px terms) has no exact counterpart
+        when the proxy trains at `image_size` (by default every config has one)."""
+        return None
+
+    def check_config_at(self, config: Any, image_size: int) -> None:
+        """The same for one config."""
+        return None
+
     def check_size(self, config: Any, image_size: int) -> None:
         """Raise UserError if `config` cannot run on `image_size` images (any size can, by
         default: strided convs and pools round up)."""
@@ -162,6 +171,10 @@ class Space:
                 values.update(zip((p.name for p in others), combo, strict=True))
                 configs.append(self.family.config_from(values))
         return configs
+
+    def check_at(self, image_size: int) -> None:
+        """Every config of this space trains exactly at `image_size` (see check_space_at)."""
+        self.family.check_space_at(self, image_size)
 
     def fixed_config(self, base: Any = None) -> Any:
         """The single proxy config this space describes (for `spaces show`).

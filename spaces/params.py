@@ -158,6 +158,14 @@ class Param:
             return int((d.high - d.low) // (d.step or 1)) + 1
         return math.inf
 
+    def values(self) -> tuple[Value, ...]:
+        """Every value this param can take (a discrete domain)."""
+        d = self.domain
+        if isinstance(d, Choices):
+            return d.values
+        step = d.step or 1
+        return tuple(d.low + i * step for i in range(int((d.high - d.low) // step) + 1))
+
     def extremes(self) -> tuple[Value, ...]:
         """The values at which this param can make a model smallest or largest."""
         d = self.domain

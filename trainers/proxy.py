@@ -67,16 +67,34 @@ class ProxyResult:
 
 
 class DeviceData:
-    """A split moved to the device once, as uint8, with its normalization statistics."""
+    """A split moved to the device once, as uint8, with its normalization statistics;
+    with `image_size` below the data's, downsampled there once (antialiased bilinear)."""
 
-    def __init__(self, splits: Splits, device: torch.device):
+    def __init__(self, splits: Splits, device: torch.device, image_size: int | None = None):
         self.device = device
         self.num_classes = splits.num_classes
-        self.image_size = splits.image_size
-        self.train_x, self.train_y = splits.train_x.to(device), splits.train_y.to(device)
-        self.val_x, self.val_y = splits.val_x.to(device), splits.val_y.to(device)
-        self.test_x, self.test_y = splits.test_x.to(device), splits.test_y.to(device)
+        self.image_size = image_size or splits.image_size
+        if self.image_size > splits.image_size:
+            raise UserError(f"--proxy-size {self.image_size}: the data's images are "
+                            f"{splits.image_size} px; the proxy can train at that size or "
+                            f"smaller, not upsampled")
+
+        def move(x: torch.Tensor) -> torch.Tensor:
+            return downsample(x.to(device), self.image_size)
+        self.train_x, self.train_y = move(splits.train_x), splits.train_y.to(device)
+        self.val_x, self.val_y = move(splits.val_x), splits.val_y.to(device)
+        self.test_x, self.test_y = move(splits.test_x), splits.test_y.to(device)
         self.mean, self.std = channel_stats(self.train_x)
+
+
+def downsample(x: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
+    """uint8 NCHW images at `size` px (as they are when they are that size already)."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return torch.cat([F.interpolate(x[i:i + chunk].float(), size=(size, size),
+                                    mode="bilinear", antialias=True).round_().clamp_(0, 255)
+                      .to(torch.uint8) for i in range(0, len(x), chunk)]) if len(x) else \
+        x.new_zeros((0, x.shape[1], size, size))
 
 
 def channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[tuple, tuple]:

@@ -22,6 +22,7 @@ from search.study.spec import StudySpec, build_spec
 from search.study.storage import redact
 from search.study.studies import create_or_resume, find_spec
 from search.study.workspace import load_splits, resolve_data, workspace_dir
+from spaces.errors import UserError
 
 
 def run_search(name: str, given: dict[str, Any], options: RunOptions, log=None) -> dict:
@@ -36,6 +37,7 @@ def run_search(name: str, given: dict[str, Any], options: RunOptions, log=None) 
     splits = load_splits(data, workspace, val_size=spec.val_size, subset=spec.subset,
                          seed=spec.seed)  # decodes into the cache once, for every worker
     spec = replace(spec, data_hash=splits.content_hash)
+    check_proxy_size(spec, splits.image_size)
     backend = get_backend(options.backend)
     where = backend.check(name, options)  # refused before anything is stored
     uri = tracking_uri(options.tracking_uri, workspace, off=not options.tracking)
@@ -55,6 +57,16 @@ def run_search(name: str, given: dict[str, Any], options: RunOptions, log=None) 
     if code == 130:
         raise KeyboardInterrupt
     return {"status": status(study).as_dict(), "front": pareto(study)}
+
+
+def check_proxy_size(spec: StudySpec, data_size: int) -> None:
+    """The proxy trains at the data's size or smaller, and every config of the space has a
+    whole counterpart there (refused before anything is stored)."""
+    size = spec.proxy_size or data_size
+    if size > data_size:
+        raise UserError(f"--proxy-size {size}: the data's images are {data_size} px; the "
+                        f"proxy trains at that size or smaller, never upsampled")
+    spec.space.check_at(size)
 
 
 def _start_tracking(spec: StudySpec, uri: str | None):

@@ -10,7 +10,7 @@ from typing import Any
 
 import spaces
 from search.study.workspace import load_splits, workspace_dir
-from trainers.proxy import ProxyTrainer, Recipe, check_checkpoint
+from trainers.proxy import DeviceData, ProxyTrainer, Recipe, check_checkpoint
 
 
 def train_proxy(*, preset: str | None = None, family: str | None = None,
@@ -19,7 +19,7 @@ def train_proxy(*, preset: str | None = None, family: str | None = None,
                 device: str | None = None, subset: int | None = None, val_size: int = 5000,
                 compile: bool = False, seed: int = 0, evaluate_test: bool = False,
                 download: bool = False, checkpoint: str | None = None,
-                progress: bool = True) -> dict[str, Any]:
+                progress: bool = True, proxy_size: int | None = None) -> dict[str, Any]:
     """Train one proxy config and return what `--json` prints."""
     recipe = recipe or Recipe()
     fam, proxy, _ = spaces.resolve(preset, family=family, overrides=overrides)
@@ -27,15 +27,19 @@ def train_proxy(*, preset: str | None = None, family: str | None = None,
     check_checkpoint(checkpoint)
     splits = load_splits(data, workspace_dir(workspace), download=download, val_size=val_size,
                          subset=subset, seed=seed)
-    config = fam.to_target(proxy, splits.image_size)  # the proxy itself on 32 px data
-    model = partial(fam.build, config, splits.num_classes, splits.image_size,
+    size = proxy_size or splits.image_size
+    fam.check_config_at(proxy, size)
+    data = DeviceData(splits, trainer.device, size)  # downsampled there when smaller
+    config = fam.to_target(proxy, size)  # the proxy itself on 32 px data
+    model = partial(fam.build, config, splits.num_classes, size,
                     drop_path=recipe.drop_path)  # built by the trainer, on its device
     if progress:
         print(f"training {fam.label(config)} on {len(splits.train_y)} {splits.name} images "
-              f"({splits.image_size} px) for {recipe.epochs} epochs on {trainer.device}",
+              f"({splits.image_size} px, trained at {size}) for {recipe.epochs} epochs on "
+              f"{trainer.device}",
               file=sys.stderr)
     report = _print_epoch(recipe.epochs) if progress else None
-    result = trainer.fit(model, splits, report=report, seed=seed, checkpoint=checkpoint,
+    result = trainer.fit(model, data, report=report, seed=seed, checkpoint=checkpoint,
                          evaluate_test=evaluate_test)
     out = {
         "status": result.status, "reason": result.reason, "family": fam.name,
@@ -46,7 +50,7 @@ def train_proxy(*, preset: str | None = None, family: str | None = None,
         "peak_memory_bytes": result.peak_memory_bytes, "device": str(trainer.device),
         "data": {"name": splits.name, "content_hash": splits.content_hash,
                  "train": len(splits.train_y), "val": len(splits.val_y),
-                 "image_size": splits.image_size, "num_classes": splits.num_classes},
+                 "image_size": size, "num_classes": splits.num_classes},
     }
     if evaluate_test:
         out["test_acc"] = result.test_acc

@@ -71,7 +71,8 @@ def make_runner(name: str, storage_url: str, *, device: str | None = None,
         from trainers.proxy import DeviceData, ProxyTrainer
 
         trainer = ProxyTrainer(spec.recipe_obj, device=device)
-        device_data = DeviceData(study_splits(spec, workspace, data), trainer.device)
+        device_data = DeviceData(study_splits(spec, workspace, data), trainer.device,
+                                 spec.proxy_size)
     runs = open_runs(tracking_uri, name, storage_url, spawned, first)
     return study, TrialRunner(study, spec, device_data, trainer, workspace, log, runs,
                               on_epoch, make_pruner(spec, external=external_pruner))

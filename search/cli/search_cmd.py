@@ -73,6 +73,9 @@ def add_commands(commands):
     run.add_argument("--device", choices=("cuda", "cpu"))
     run.add_argument("--data", metavar="PATH")
     run.add_argument("--subset", type=COUNT, metavar="N", help="train on N images per trial")
+    run.add_argument("--proxy-size", type=COUNT, metavar="PX",
+                     help="train the proxies at PX px, downsampled on the device (default: "
+                          "the data's size); --set values stay in 32 px terms")
     run.add_argument("--val-size", type=COUNT)
     run.add_argument("--backend", choices=tuple(BACKENDS),
                      help="who schedules the trials: worker processes (optuna, default) or "

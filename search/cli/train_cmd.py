@@ -45,6 +45,9 @@ def _add_proxy(train_sub) -> None:
     proxy.add_argument("--drop-path", type=at_least(0, float), default=Recipe.drop_path)
     add_data_flags(proxy)
     proxy.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    proxy.add_argument("--proxy-size", type=COUNT, metavar="PX",
+                       help="train at PX px, downsampled on the device (default: the data's "
+                            "size); --set values stay in 32 px terms")
     proxy.add_argument("--compile", action="store_true", help="torch.compile the model")
     proxy.add_argument("--seed", type=int, default=0)
     proxy.add_argument("--test", action="store_true",
@@ -68,7 +71,7 @@ def _train_proxy(args: argparse.Namespace) -> int:
                          data=args.data, workspace=args.workspace, device=args.device,
                          subset=args.subset, val_size=args.val_size, compile=args.compile,
                          seed=args.seed, evaluate_test=args.test, download=args.download,
-                         checkpoint=args.checkpoint)
+                         checkpoint=args.checkpoint, proxy_size=args.proxy_size)
     if args.json:
         print_json(result)
     else:

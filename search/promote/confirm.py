@@ -52,7 +52,7 @@ class Confirmer:
         if self._loaded is None:
             trainer = ProxyTrainer(spec.recipe_obj, device=self.device)
             splits = study_splits(spec, self.workspace, self.data)
-            self._loaded = trainer, DeviceData(splits, trainer.device)
+            self._loaded = trainer, DeviceData(splits, trainer.device, spec.proxy_size)
         return self._loaded
 
     def confirm(self, t: FrozenTrial, spec: StudySpec, seeds: int, trainer: ProxyTrainer,

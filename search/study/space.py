@@ -53,6 +53,11 @@ class SearchSpace:
     def spaces(self) -> dict[str, Space]:
         return {name: spaces.get(name).space(self.overrides[name]) for name in self.families}
 
+    def check_at(self, image_size: int) -> None:
+        """Every config trains exactly at `image_size` (the proxy's size)."""
+        for space in self.spaces().values():
+            space.check_at(image_size)
+
     def suggest(self, trial: Any) -> tuple[Family, Any]:
         name = (self.families[0] if len(self.families) == 1 else
                 trial.suggest_categorical("family", list(self.families)))

@@ -42,6 +42,7 @@ class StudySpec:
     data_hash: str = ""
     subset: int | None = None
     val_size: int = 5000
+    proxy_size: int | None = None  # the proxy's resolution; None: the data's own
     recipe: dict[str, Any] = field(default_factory=dict)
     target_size: int = 224
     target_classes: int = 1000

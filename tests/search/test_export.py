@@ -316,3 +316,31 @@ def test_a_search_on_64px_data_says_what_it_trained_at(tmp_path, folder_64px_20_
     run = client.get_run(trial.user_attrs["mlflow_run_id"])
     assert run.data.params["image_size"] == "64" and run.data.params["num_classes"] == "20"
     assert run.data.metrics["images_per_s"] > 0
+
+
+def test_the_proxy_size_is_a_choice_checked_against_the_space(tmp_path, folder_64px_20_classes,
+                                                               capsys):
+    """--proxy-size trains at a smaller size than the data's (downsampled on the device);
+    --set values stay in 32 px terms, and one with no whole counterpart is refused."""
+    data = str(folder_64px_20_classes)
+    assert main(["train", "proxy", "--family", "convmixer", "--set", "h=16", "d=1", "p=2",
+                 "k=3", "--epochs", "1", "--val-size", "20", "--device", "cpu", "--data", data,
+                 "--proxy-size", "32", "--workspace", str(tmp_path / "ws"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["data"]["image_size"] == 32 and result["config"]["p"] == 2  # 32 px: as given
+    run = ["search", "run", "--family", "convmixer", "--trials", "1", "--epochs", "1",
+           "--val-size", "20", "--device", "cpu", "--data", data, "--no-tracking",
+           "--workspace", str(tmp_path / "ws")]
+    assert main([*run, "--name", "small", "--set", "h=16", "d=1", "p=2", "k=3",
+                 "--proxy-size", "32"]) == 0
+    capsys.readouterr()
+    assert main(["search", "pareto", "small", "--workspace", str(tmp_path / "ws"),
+                 "--json"]) == 0
+    [member] = json.loads(capsys.readouterr().out)
+    assert member["fidelity"]["image_size"] == 32
+    for size, words in (("16", "p=1 (in 32 px terms) is p=0.5 at 16 px, not a whole patch"),
+                        ("128", "the data's images are 64 px")):
+        assert main([*run, "--name", f"bad{size}", "--set", "h=16", "d=1", "p=1,2", "k=3",
+                     "--proxy-size", size]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err
