@@ -50,6 +50,28 @@ def test_runs_evaluates_and_checkpoints(tmp_path, imagenette_small, capsys):
     weights = torch.load(result["weights"], weights_only=True)
     assert set(weights) == set(state["model"])
     assert all(torch.equal(weights[k], state["model"][k]) for k in weights)
+    [epoch] = state["history"]
+    assert epoch["images_per_s"] > 0  # logged per epoch, beside the loss
+
+
+def test_upsampled_images_are_warned_about_in_one_line(tmp_path, capsys):
+    """A 128 px config on 48 px images trains on blur: said once, the run goes on."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in range(2):
+            folder = tmp_path / "small" / split / f"c{c}"
+            folder.mkdir(parents=True)
+            for i in range(8 if split == "train" else 2):
+                Image.new("RGB", (48, 48), (c * 200, i * 30, 7 * i)).save(folder / f"{i}.png")
+    config = write_config(tmp_path / "c.yaml")
+    assert main(["train", "full", str(config), "--data", str(tmp_path / "small"), "--epochs",
+                 "1", "--max-steps", "1", "--out", str(tmp_path / "run"), "--no-tracking",
+                 "--workers", "0", "--device", "cpu", "--no-progress", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["steps"] == 1
+    warned = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 1 and "about 48 px" in warned[0] and "upsampled 2.7x" in warned[0]
 
 
 @pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
