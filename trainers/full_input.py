@@ -338,11 +338,7 @@ class DeviceAugment:
         than the resize."""
         b, _, h, w = x.shape
         dev = x.device
-        area = h * w * torch.empty(b, 10, device=dev).uniform_(*scale)
-        log_r = torch.empty(b, 10, device=dev).uniform_(math.log(ratio[0]), math.log(ratio[1]))
-        aspect = torch.exp(log_r)
-        cw = torch.sqrt(area * aspect).round()
-        ch = torch.sqrt(area / aspect).round()
+        cw, ch = _box_tries(b, h * w, scale, ratio, dev)
         ok = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
         first = torch.where(ok.any(1), ok.float().argmax(1), torch.full((b,), -1, device=dev))
         pick = first.clamp(min=0)[:, None]
@@ -350,8 +346,7 @@ class DeviceAugment:
                                                                             device=dev))
         ch = torch.where(first >= 0, ch.gather(1, pick)[:, 0], torch.full((b,), float(h),
                                                                             device=dev))
-        top = (torch.rand(b, device=dev) * (h - ch + 1)).floor()
-        left = (torch.rand(b, device=dev) * (w - cw + 1)).floor()
+        top, left = _places(h - ch, w - cw)
         if dev.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
             out = torch.empty((b, 3, self.size, self.size), dtype=torch.uint8,
@@ -376,22 +371,33 @@ class DeviceAugment:
         drawn for the boxes only: for whole images it was 40% of the augmentation's time)."""
         b, _, h, w = x.shape
         dev = x.device
-        area = h * w * torch.empty(b, 10, device=dev).uniform_(*scale)
-        log_r = torch.empty(b, 10, device=dev).uniform_(math.log(ratio[0]), math.log(ratio[1]))
-        aspect = torch.exp(log_r)
-        eh = torch.sqrt(area * aspect).round()
-        ew = torch.sqrt(area / aspect).round()
+        eh, ew = _box_tries(b, h * w, scale, ratio, dev)
         ok = (eh < h) & (ew < w)
         pick = ok.float().argmax(1, keepdim=True)
         eh, ew = eh.gather(1, pick)[:, 0], ew.gather(1, pick)[:, 0]
         erase = (torch.rand(b, device=dev) < p) & ok.any(1)
-        top = (torch.rand(b, device=dev) * (h - eh + 1)).floor()
-        left = (torch.rand(b, device=dev) * (w - ew + 1)).floor()
+        top, left = _places(h - eh, w - ew)
         boxes = torch.stack([top, left, eh, ew], 1)[erase].long().tolist()
         for i, (t, le, hh, ww) in zip(erase.nonzero()[:, 0].tolist(), boxes, strict=True):
             x[i, :, t:t + hh, le:le + ww] = torch.randn(x.shape[1], hh, ww, device=dev,
                                                         dtype=x.dtype)
         return x
+
+
+def _box_tries(b: int, area: int, scale, ratio, dev) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ten tries per sample of a box's sides, as torchvision draws them: a fraction of the
+    area in `scale`, a log-uniform aspect in `ratio`; (sqrt(a * r), sqrt(a / r)), rounded."""
+    area = area * torch.empty(b, 10, device=dev).uniform_(*scale)
+    aspect = torch.exp(torch.empty(b, 10, device=dev).uniform_(math.log(ratio[0]),
+                                                              math.log(ratio[1])))
+    return torch.sqrt(area * aspect).round(), torch.sqrt(area / aspect).round()
+
+
+def _places(room_y: torch.Tensor, room_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A uniform top-left corner per sample, given the free rows and columns."""
+    top = (torch.rand(len(room_y), device=room_y.device) * (room_y + 1)).floor()
+    left = (torch.rand(len(room_x), device=room_x.device) * (room_x + 1)).floor()
+    return top, left
 
 
 class DeviceInput:
