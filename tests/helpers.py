@@ -137,10 +137,11 @@ def wait_http(url: str, timeout: float) -> bool:
     return wait_for(up, timeout, ignore=(OSError,))
 
 
-# Tests that start Ray or share the MLflow test database: `make test` runs them in a pytest
-# process of their own, one after another, beside the rest. One at a time because `ray stop
-# --force` (ray_head's teardown) ends every Ray process on the machine, in-process Ray
-# included, and MLflow makes its schema on first use.
+# Tests that start Ray or share the MLflow test database (and, for balance, the end-to-end
+# studies): `make test` runs them in a pytest process of their own, one after another,
+# beside the rest. One at a time because `ray stop --force` (ray_head's teardown) ends every
+# Ray process on the machine, in-process Ray included, and MLflow makes its schema on first
+# use.
 HEAVY = pytest.mark.heavy
 
 

@@ -12,8 +12,9 @@ import optuna
 from optuna.trial import TrialState
 
 from search.study.results import state_of
-from tests.helpers import CIFAR_ARCHIVE, pids_where, wait_for
+from tests.helpers import CIFAR_ARCHIVE, HEAVY, pids_where, wait_for
 
+pytestmark = HEAVY  # whole studies of worker processes: in the second lane, for balance
 PATCHNAS = str(Path(sys.executable).with_name("patchnas"))
 SPACE = ["--family", "convmixer", "--set", "h=64..96", "d=2..3", "p=4", "k=3,5"]
 # trials of a few seconds an epoch, to be killed or interrupted in the middle
