@@ -73,6 +73,9 @@ def serve(uri: str, port: int, host: str = "127.0.0.1", log=print, path: str = "
         raise PortBusy(f"port {port} on {host} is in use (another MLflow UI?); give --port "
                        f"with a free one, or open the UI already there")
     url = f"http://{host}:{port}{path}"
+    # SIGTERM from here on ends the server too: one arriving just after the line below had
+    # killed this process and left the server running (seen as an orphan after the tests)
+    signal.signal(signal.SIGTERM, _interrupt)
     log(f"MLflow UI: {url}  (Ctrl-C stops it)")
     server = subprocess.Popen(ui_command(uri, port, host))
     if open_browser:
@@ -80,14 +83,15 @@ def serve(uri: str, port: int, host: str = "127.0.0.1", log=print, path: str = "
     return run_until_stopped(server)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def run_until_stopped(server: subprocess.Popen) -> int:
     """Wait for a server process until Ctrl-C or SIGTERM, which stop it too (never orphaned);
     returns its exit code, 0 when stopped so."""
 
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return server.wait()
     except KeyboardInterrupt:

@@ -9,7 +9,7 @@ from mlflow import MlflowClient
 
 from search.cli import main
 from search.study.workspace import default_tracking_uri as default_uri
-from tests.helpers import free_port, need, wait_for, wait_http
+from tests.helpers import free_port, need, pids_where, wait_for, wait_http
 from tracking.browser import Browser, chromium
 from tracking.ui import EXPAND_PARENTS, artifact_page, runs_page
 
@@ -97,6 +97,10 @@ def test_ui_study_prints_the_url_of_that_studys_runs(tmp_path):
     finally:
         ui.terminate()
         ui.wait(timeout=60)
+    def servers() -> list[int]:  # the MLflow server the UI started, on that port
+        return pids_where(lambda argv: b"mlflow" in b" ".join(argv)
+                          and str(port).encode() in argv)
+    assert wait_for(lambda: not servers(), 30), f"an MLflow server outlived the UI: {servers()}"
     missing = subprocess.run([PATCHNAS, "ui", "other", "--workspace", str(ws)],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "no MLflow experiment for study other" in missing.stderr
