@@ -49,13 +49,19 @@ RANDAUGMENT_GROUP = 8
 CACHE_VERSION = 2
 
 
+def _require_split(root: Path, split: str) -> Path:
+    """`root/split`, or one line saying the layout wanted."""
+    if not (root / split).is_dir():
+        raise UserError(f"{root} has no {split}/ folder; give a folder in ImageNet's layout: "
+                        f"train/<class>/*.JPEG and val/<class>/*.JPEG")
+    return root / split
+
+
 def check_folders(root: Path) -> tuple[datasets.ImageFolder, datasets.ImageFolder]:
     """`train/` and `val/` ImageFolders (ImageNet's layout, same classes), untransformed."""
     root = Path(root)
     for split in ("train", "val"):
-        if not (root / split).is_dir():
-            raise UserError(f"{root} has no {split}/ folder; give --data a folder in "
-                            f"ImageNet's layout: train/<class>/*.JPEG and val/<class>/*.JPEG")
+        _require_split(root, split)
     try:
         train = datasets.ImageFolder(str(root / "train"))
         val = datasets.ImageFolder(str(root / "val"))
@@ -76,10 +82,7 @@ class FolderShape:
 def folder_shape(root: Path, sample: int = 64) -> FolderShape:
     """What an ImageNet-layout folder holds: its classes (train/'s folders) and its images'
     size, from the headers of up to `sample` training images spread over the classes."""
-    train = Path(root) / "train"
-    if not train.is_dir():
-        raise UserError(f"{root} has no train/ folder; give a folder in ImageNet's layout: "
-                        f"train/<class>/*.JPEG and val/<class>/*.JPEG")
+    train = _require_split(Path(root), "train")
     classes = sorted(p.name for p in train.iterdir() if p.is_dir())
     files = sorted(f for c in classes for f in (train / c).iterdir() if f.is_file())
     if not classes or not files:
