@@ -22,6 +22,8 @@ demo: $(STAMP)
 		--set h=64..256:32 d=2..6 p=2,4 k=3,5,7 --trials 8 --epochs 2 --subset 5000 \
 		--workers 2 $(DEMO_DATA)
 
+# one decoded copy of the test data for the three pytest processes (and the next `make test`)
+test: export PATCHNAS_TEST_CACHE = $(CURDIR)/.pytest-data
 test: $(STAMP)
 	$(BIN)/ruff check .
 	# Two pytest processes (in one the CPUs idle half the time): the `heavy` tests (Ray, the

@@ -34,8 +34,9 @@ def workspace(tmp_path_factory):
 @pytest.fixture(scope="session", autouse=True)
 def shared_cache(tmp_path_factory):
     """Every workspace of the session (and every process a test starts) shares one decoded
-    copy of each dataset: decoding CIFAR-10 takes ~18 s here."""
-    path = tmp_path_factory.mktemp("cache")
+    copy of each dataset: decoding CIFAR-10 takes ~18 s here. `make test` gives its pytest
+    processes one folder (they decode once between them, trainers.data locks it)."""
+    path = Path(os.environ.get("PATCHNAS_TEST_CACHE") or tmp_path_factory.mktemp("cache"))
     os.environ["PATCHNAS_CACHE"] = str(path)
     return path
 

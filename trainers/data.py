@@ -20,6 +20,7 @@ import os
 import pickle
 import tarfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,14 +130,41 @@ def load(path: str | Path, image_size: int | None = None,
         raise UserError(f"no data at {path}: {HOW_TO_GET}")
     digest = _content_hash(path, image_size)
     cache = Path(cache_dir) / f"data-{digest[:20]}.pt" if cache_dir else None
-    if cache is not None and cache.exists():
+    if cache is None:
+        return _decode_at(path, image_size, digest)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    # the workers of a study start together: one decodes, the others wait and read its copy
+    with _exclusive(cache.with_suffix(".lock")):
+        if cache.exists():
+            try:
+                return _from_cache(cache, digest)
+            except Exception:  # a damaged cache file is rebuilt, never trusted
+                cache.unlink(missing_ok=True)
+        data = _decode_at(path, image_size, digest)
+        _to_cache(cache, data)
+        return data
+
+
+@contextmanager
+def _exclusive(lock: Path):
+    """An advisory lock between processes (POSIX); elsewhere none (each may decode)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            return _from_cache(cache, digest)
-        except Exception:  # a damaged cache file is rebuilt, never trusted
-            cache.unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _decode_at(path: Path, image_size: int | None, digest: str) -> Dataset:
     source = _find_source(path)
     try:
-        data = source.decode(image_size, digest)
+        return source.decode(image_size, digest)
     except UserError:
         raise
     except (OSError, EOFError, RuntimeError, pickle.UnpicklingError, tarfile.TarError,
@@ -144,9 +172,6 @@ def load(path: str | Path, image_size: int | None = None,
         raise UserError(f"corrupt data at {path} ({type(err).__name__}: "
                         f"{str(err).splitlines()[0] if str(err) else ''}); re-download or "
                         f"re-extract it") from None
-    if cache is not None:
-        _to_cache(cache, data)
-    return data
 
 
 def _from_cache(cache: Path, digest: str) -> Dataset:
@@ -159,7 +184,7 @@ def _from_cache(cache: Path, digest: str) -> Dataset:
 
 def _to_cache(cache: Path, data: Dataset) -> None:
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".{os.getpid()}.tmp")  # several workers may write at once
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp")  # a reader never sees half a file
     torch.save({"version": CACHE_VERSION, "name": data.name, "classes": data.classes,
                 "train_x": data.train_x, "train_y": data.train_y, "test_x": data.test_x,
                 "test_y": data.test_y, "content_hash": data.content_hash}, tmp)

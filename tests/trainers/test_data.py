@@ -147,6 +147,33 @@ def test_cache_is_keyed_by_content_and_rebuilt_when_damaged(tmp_path):
     assert changed.train_x[0].sum() == 0
 
 
+def test_a_load_waits_for_a_decode_in_progress_and_reads_its_copy(tmp_path):
+    """The workers of a study start together: the second waits for the first's cache file
+    instead of decoding the same data again."""
+    import fcntl
+    import shutil
+    import threading
+
+    root = write_image_folder(tmp_path / "pets")
+    cache = tmp_path / "cache"
+    first = D.load(root, cache_dir=cache)
+    (pt,) = cache.glob("*.pt")
+    shutil.move(pt, tmp_path / "decoded.pt")
+    loaded = {}
+    with open(pt.with_suffix(".lock"), "a") as lock:  # a decode in progress elsewhere
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        waiter = threading.Thread(target=lambda: loaded.update(d=D.load(root, cache_dir=cache)))
+        waiter.start()
+        waiter.join(1.0)
+        assert waiter.is_alive() and not loaded  # it waits; it does not decode
+        shutil.move(tmp_path / "decoded.pt", pt)  # the other process's copy lands
+        stamp = pt.stat().st_mtime_ns
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    waiter.join(30)
+    torch.testing.assert_close(loaded["d"].train_x, first.train_x)
+    assert pt.stat().st_mtime_ns == stamp  # read, not written again
+
+
 def test_missing_and_corrupt_data_are_one_clear_error(tmp_path):
     with pytest.raises(UserError, match=r"no data at .*missing.*--download"):
         D.load(tmp_path / "missing")
