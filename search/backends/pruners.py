@@ -13,8 +13,9 @@ metric. MO-ASHA (Schmucker et al., 2021) does asynchronous successive halving wi
 multi-objective ranking: at each rung (epochs min_epochs * eta^k), a trial continues only if
 nothing that reached the rung dominates it, or if it is in the best 1/eta of those trials,
 ordered by non-dominated rank and then crowding distance (NSGA-II's order). Costs are fixed
-per architecture, so what
-changes between rungs is the accuracy.
+per architecture, so what changes between rungs is the accuracy: by default the rung's
+val_acc, or the study's `--rank-by` estimate from the curve up to the rung
+(search.study.estimators: the training-loss sum, a power-law extrapolation, ...).
 
 Intermediate metrics live in each trial's record (`curve`: one dict per epoch), so pruned
 trials keep them and samplers never see a half-told trial.
@@ -28,6 +29,8 @@ from collections.abc import Sequence
 import optuna
 from optuna.trial import TrialState
 
+from search.study import estimators
+from search.study.estimators import Curve
 from search.study.objectives import Objective
 from search.study.pareto import nondominated_ranks, nsga2_order
 from search.study.record import TrialRecord
@@ -37,8 +40,9 @@ from search.study.spec import StudySpec
 class Pruner:
     """Asked after each epoch whether a trial stops there."""
 
-    def should_stop(self, study: optuna.Study, trial: optuna.Trial, epoch: int,
-                    val_acc: float, costs: dict[str, float]) -> bool:
+    def should_stop(self, study: optuna.Study, trial: optuna.Trial, curve: Curve,
+                    costs: dict[str, float]) -> bool:
+        """`curve`: the trial's epochs so far, the last one just trained."""
         return False
 
 
@@ -49,8 +53,8 @@ class NoPruner(Pruner):
 class OptunaPruner(Pruner):
     """One of Optuna's pruners (the study's, set by `optuna_pruner`): one objective only."""
 
-    def should_stop(self, study, trial, epoch, val_acc, costs) -> bool:
-        trial.report(val_acc, epoch)
+    def should_stop(self, study, trial, curve, costs) -> bool:
+        trial.report(curve[-1]["val_acc"], len(curve))
         return trial.should_prune()
 
 
@@ -69,7 +73,7 @@ def make_pruner(spec: StudySpec, external: bool = False) -> Pruner:
     """The study's pruner; `external`: a scheduler outside the trial (Ray's ASHA) prunes
     one-objective studies."""
     if spec.pruner == "moasha":
-        return MOASHA(spec.objectives, spec.rungs, spec.eta)
+        return MOASHA(spec.objectives, spec.rungs, spec.eta, spec.rank_by, spec.epochs)
     if spec.pruner in ("hyperband", "median") and not external:
         return OptunaPruner()
     return NoPruner()
@@ -89,19 +93,27 @@ def rung_keeps(points: Sequence[Sequence[float]], own: int, eta: int) -> bool:
     return nsga2_order(points).index(own) < math.ceil(n / eta)
 
 
-def rung_vector(objectives: Sequence[Objective], val_acc: float,
+def rung_vector(objectives: Sequence[Objective], accuracy: float,
                 costs: dict[str, float]) -> list[float]:
-    """Minimization vector of a trial at a rung."""
-    return [-val_acc if o.metric == "val_acc" else float(costs[o.metric]) for o in objectives]
+    """Minimization vector of a trial at a rung (`accuracy`: its score, higher is better)."""
+    return [-accuracy if o.metric == "val_acc" else float(costs[o.metric])
+            for o in objectives]
 
 
 class MOASHA(Pruner):
-    def __init__(self, objectives: Sequence[Objective], rungs: Sequence[int], eta: int):
+    def __init__(self, objectives: Sequence[Objective], rungs: Sequence[int], eta: int,
+                 rank_by: str = estimators.DEFAULT, horizon: int = 1):
         self.objectives, self.rungs, self.eta = tuple(objectives), set(rungs), eta
+        self.rank_by, self.horizon = rank_by, horizon
 
-    def should_stop(self, study: optuna.Study, trial: optuna.Trial, epoch: int,
-                    val_acc: float, costs: dict[str, float]) -> bool:
-        if epoch not in self.rungs:
+    def score(self, curve: Curve) -> float | None:
+        return estimators.score(self.rank_by, curve, self.horizon)
+
+    def should_stop(self, study: optuna.Study, trial: optuna.Trial, curve: Curve,
+                    costs: dict[str, float]) -> bool:
+        epoch = len(curve)
+        own_score = self.score(curve)
+        if epoch not in self.rungs or own_score is None:
             return False
         points = []
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,
@@ -110,9 +122,9 @@ class MOASHA(Pruner):
             if t.number == trial.number:
                 continue
             r = TrialRecord.from_trial(t)
-            if len(r.curve) >= epoch and r.costs is not None:
-                points.append(rung_vector(self.objectives, r.curve[epoch - 1]["val_acc"],
-                                          r.costs))
+            at_rung = self.score(r.curve[:epoch]) if len(r.curve) >= epoch else None
+            if at_rung is not None and r.costs is not None:
+                points.append(rung_vector(self.objectives, at_rung, r.costs))
         own = len(points)
-        points.append(rung_vector(self.objectives, val_acc, costs))
+        points.append(rung_vector(self.objectives, own_score, costs))
         return not rung_keeps(points, own, self.eta)

@@ -212,9 +212,11 @@ def param_importances(study: optuna.Study, trained: list) -> dict[str, float]:
 
 def _rows(front: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
     metrics = list(front[0]["values"]) if front else []
-    header = ["trial", "label", *metrics, "macs_224", "epochs"]
+    rank_by = f"rank_{front[0]['rank']['by']}" if front else "rank"
+    header = ["trial", "label", *metrics, "macs_224", "epochs", rank_by]
     rows = [[m["trial"], m["label"], *(m["values"][k] for k in metrics),
-             (m["costs"] or {}).get("macs_224"), m["fidelity"]["epochs"]] for m in front]
+             (m["costs"] or {}).get("macs_224"), m["fidelity"]["epochs"], m["rank"]["score"]]
+            for m in front]
     return header, rows
 
 

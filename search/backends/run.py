@@ -77,5 +77,6 @@ def _start_tracking(spec: StudySpec, uri: str | None):
 
     runs = StudyRuns(uri, spec.name)
     params = {k: v for k, v in spec.to_dict().items() if k not in ("name", "data")}
-    runs.start_study(params, {"study": spec.name, "data": spec.data})
+    # rank_by is also a tag: a resume may change it, and an MLflow param is written once
+    runs.start_study(params, {"study": spec.name, "data": spec.data, "rank_by": spec.rank_by})
     return runs

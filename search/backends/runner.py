@@ -22,7 +22,7 @@ import yaml
 from optuna.trial import TrialState
 
 from search.backends.pruners import Pruner, make_pruner
-from search.study import record
+from search.study import estimators, record
 from search.study.record import TrialRecord, original_number
 from search.study.results import holds_budget_slot, state_of
 from search.study.space import arch_hash
@@ -173,6 +173,7 @@ class TrialRunner:
             metrics["epochs_run"] = r.epochs_run
         if r.images_per_s is not None:
             metrics["images_per_s"] = r.images_per_s
+        metrics.update({f"rank.{name}": v for name, v in (r.estimates or {}).items()})
         config = {"family": r.family, "proxy_config": r.config, "costs": r.costs}
         self.runs.end_trial(self.child, r.state or "FAIL", r.reason, metrics, {},
                             {"config.yaml": yaml.safe_dump(config)})
@@ -248,8 +249,10 @@ class TrialRunner:
 
     def _reuse(self, trial, prior):
         pruned = prior.state == TrialState.PRUNED
-        curve = TrialRecord.from_trial(prior).curve
-        record.write(trial, reused_from=prior.number, curve=curve, state="REUSED",
+        prior_record = TrialRecord.from_trial(prior)
+        curve = prior_record.curve
+        record.write(trial, reused_from=prior.number, curve=curve,
+                     estimates=prior_record.estimates, state="REUSED",
                      reason=f"reused trial {prior.number}" + (", which was pruned" if pruned
                                                                else ""))
         if self.child is not None:  # the reused trial's curve, as if trained here
@@ -272,10 +275,10 @@ class TrialRunner:
         def report(epoch: int, metrics: dict[str, float]) -> str:
             curve[:] = [c for c in curve if c["epoch"] < epoch]
             curve.append({k: float(v) for k, v in metrics.items()})
-            record.write(trial, curve=curve)
+            record.write(trial, curve=curve, estimates=estimators.scores(curve, spec.epochs))
             if self.child is not None:
                 self.runs.log_epochs(self.child, curve[-1:])
-            stop = self.pruner.should_stop(self.study, trial, epoch, metrics["val_acc"], costs)
+            stop = self.pruner.should_stop(self.study, trial, curve, costs)
             if self.on_epoch is not None:
                 self.on_epoch(epoch, metrics, checkpoint)
             return "stop" if stop else "continue"

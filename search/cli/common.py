@@ -180,8 +180,12 @@ def print_front(front: list[dict[str, Any]]) -> None:
     print(f"Pareto front ({len(front)}):")
     for m in front:
         values = "  ".join(f"{k} {_fmt(v)}" for k, v in m["values"].items())
-        print(f"  #{m['trial']:<4} {values}  {m['label']}")
+        rank = m.get("rank") or {}
+        ranked = (f"  {rank['by']} {_fmt(rank['score'])}"
+                  if rank.get("by") not in (None, "last") and rank.get("score") is not None
+                  else "")  # by last val_acc: the same as the value shown
+        print(f"  #{m['trial']:<4} {values}{ranked}  {m['label']}")
 
 
 def _fmt(v: float) -> str:
-    return f"{v:.4f}" if v < 10 else f"{v:,.0f}"
+    return f"{v:.4f}" if abs(v) < 10 else f"{v:,.0f}"

@@ -150,6 +150,16 @@ def _fidelity(args: argparse.Namespace) -> int:
         r = report[name]
         print(f"{name:<12} {r['value']:+.3f}  95% CI [{r['ci95'][0]:+.3f}, "
               f"{r['ci95'][1]:+.3f}]  over {report['n']} promoted configs")
+    by = report["estimators"]
+    if len(by) > 1:
+        print(f"rank estimators of the proxy's curve (its first {by['epochs']} epoch(s)):")
+        for name, r in by.items():
+            if name == "epochs":
+                continue
+            tau, rho = r["kendall_tau"], r["spearman"]
+            print(f"  {name:<9} tau {tau['value']:+.3f} [{tau['ci95'][0]:+.3f}, "
+                  f"{tau['ci95'][1]:+.3f}]  rho {rho['value']:+.3f} [{rho['ci95'][0]:+.3f}, "
+                  f"{rho['ci95'][1]:+.3f}]  n {r['n']}")
     if report["partial"]:
         print(f"note: {report['partial']} full result(s) come from shortened runs")
     return 0

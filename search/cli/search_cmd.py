@@ -22,6 +22,8 @@ from search.cli.common import (
     storage_url,
     tracking_uri,
 )
+from search.study.estimators import DEFAULT as DEFAULT_ESTIMATOR
+from search.study.estimators import ESTIMATORS
 from search.study.settings import resolve
 from search.study.spec import PRUNERS, SAMPLERS, SPEC_SETTINGS
 from spaces.errors import UserError
@@ -58,6 +60,11 @@ def add_commands(commands):
     run.add_argument("--eta", type=at_least(2), help="keep 1/eta at each rung (default 3)")
     run.add_argument("--sampler", choices=SAMPLERS)
     run.add_argument("--pruner", choices=PRUNERS)
+    run.add_argument("--rank-by", choices=tuple(ESTIMATORS),
+                     help="what MO-ASHA's rungs rank trials by (the front still reports "
+                          f"measured val_acc; default {DEFAULT_ESTIMATOR}): the last or best "
+                          "val_acc, the sum of training losses (tse, tse_ema), or val_acc "
+                          "extrapolated by a power law (powerlaw)")
     run.add_argument("--max-params", type=POSITIVE)
     run.add_argument("--max-macs", type=POSITIVE)
     run.add_argument("--max-latency-ms", type=POSITIVE)

@@ -2,7 +2,9 @@
 
 Kendall's tau-b and Spearman's rho between the proxy's validation accuracy (the mean over
 confirmation seeds when there are some) and the full training's top-1, over the configs that
-were promoted, each with a 95% percentile bootstrap interval (resampling configs).
+were promoted, each with a 95% percentile bootstrap interval (resampling configs); and the
+same for every rank estimator (search.study.estimators) of the proxy's curve, all curves cut
+to the shortest one compared (a training-loss sum over more epochs is not comparable).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 import optuna
 from scipy import stats
 
+from search.study import estimators
 from search.study.record import StudyKey, TrialRecord, confirmations, full_results, read_json
 from search.study.results import state_of
 from search.study.studies import load_spec
@@ -69,6 +72,7 @@ def fidelity(study: optuna.Study, include_partial: bool = False) -> dict[str, An
         if usable and proxy is not None:
             best = max(usable, key=lambda r: r["top1"])
             pairs.append({"trial": number, "proxy_val_acc": proxy, "full_top1": best["top1"],
+                          "curve": TrialRecord.from_trial(trial).curve,
                           "completed": best.get("completed", False),
                           "image_size": best.get("image_size"),
                           "num_classes": best.get("num_classes"), "run_id": best.get("run_id")})
@@ -76,12 +80,37 @@ def fidelity(study: optuna.Study, include_partial: bool = False) -> dict[str, An
         raise UserError(_too_few(study, pairs, left_out, target, include_partial))
     x = [p["proxy_val_acc"] for p in pairs]
     y = [p["full_top1"] for p in pairs]
-    out = {"study": study.study_name, "target": target, "n": len(pairs), "pairs": pairs,
-           "left_out": left_out}
+    out = {"study": study.study_name, "target": target, "n": len(pairs),
+           **correlations(x, y), "estimators": by_estimator(pairs, load_spec(study).epochs),
+           "partial": sum(not p["completed"] for p in pairs), "left_out": left_out}
+    for p in pairs:
+        del p["curve"]
+    out["pairs"] = pairs
+    return out
+
+
+def correlations(x: Sequence[float], y: Sequence[float]) -> dict[str, dict[str, Any]]:
+    """Kendall's tau-b and Spearman's rho of x against y, each with its 95% interval."""
+    out = {}
     for name, stat in (("kendall_tau", kendall_tau_b), ("spearman", spearman)):
         lo, hi = bootstrap(stat, x, y)
         out[name] = {"value": stat(x, y), "ci95": [lo, hi]}
-    out["partial"] = sum(not p["completed"] for p in pairs)
+    return out
+
+
+def by_estimator(pairs: list[dict[str, Any]], horizon: int) -> dict[str, Any]:
+    """Every estimator's correlations with the full top-1, over the pairs whose curves it can
+    score, each curve cut to the shortest of them."""
+    epochs = min((len(p["curve"]) for p in pairs), default=0)
+    out: dict[str, Any] = {"epochs": epochs}
+    if epochs == 0:
+        return out
+    for name in estimators.ESTIMATORS:
+        scored = [(estimators.score(name, p["curve"][:epochs], horizon), p["full_top1"])
+                  for p in pairs]
+        scored = [(s, y) for s, y in scored if s is not None]
+        if len(scored) >= 3:
+            out[name] = {"n": len(scored), **correlations(*zip(*scored, strict=True))}
     return out
 
 

@@ -57,6 +57,8 @@ class TrialRecord:
     images_per_s: float | None = None
     latency: dict[str, Any] | None = None
     curve: list[dict[str, float]] = field(default_factory=list)  # one dict per epoch
+    # every rank estimator's score of the curve (search.study.estimators), as of its last epoch
+    estimates: dict[str, float] | None = None
     seconds: float | None = None
     epochs_run: int | None = None
     peak_memory_bytes: int | None = None

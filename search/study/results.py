@@ -148,6 +148,8 @@ def member(t: FrozenTrial, spec: StudySpec) -> dict[str, Any]:
                      "val_images": r.val_images},
         "arch_hash": r.arch_hash,
         "seed": r.seed,
+        # what the rungs ranked it by (the values above stay the measured ones)
+        "rank": {"by": spec.rank_by, "score": (r.estimates or {}).get(spec.rank_by)},
     }
 
 

@@ -13,6 +13,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from search.study.estimators import DEFAULT as DEFAULT_ESTIMATOR
+from search.study.estimators import ESTIMATORS
 from search.study.objectives import Objective, parse_objectives
 from search.study.space import SearchSpace
 from spaces.errors import UserError
@@ -34,6 +36,7 @@ class StudySpec:
     eta: int = 3  # keep 1/eta at each rung
     sampler: str | None = None  # None: nsga2 with several objectives, else tpe
     pruner: str | None = None  # None: moasha with several objectives, else hyperband
+    rank_by: str = DEFAULT_ESTIMATOR  # what MO-ASHA's rungs rank by (search.study.estimators)
     max_params: float | None = None
     max_macs: float | None = None
     max_latency_ms: float | None = None
@@ -59,6 +62,9 @@ class StudySpec:
             raise UserError(f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}")
         if self.pruner not in PRUNERS:
             raise UserError(f"unknown pruner {self.pruner!r}; choose from {', '.join(PRUNERS)}")
+        if self.rank_by not in ESTIMATORS:
+            raise UserError(f"unknown --rank-by {self.rank_by!r}; choose from "
+                            f"{', '.join(ESTIMATORS)}")
         if len(self.objectives) > 1 and self.pruner in ("hyperband", "median"):
             raise UserError(f"--pruner {self.pruner} works with one objective only; with "
                             f"several use --pruner moasha (or none)")
@@ -102,9 +108,9 @@ class StudySpec:
         return cls(**data)
 
     def definition(self) -> dict[str, Any]:
-        """What a resume must not change (the sampler, pruner and paths may change)."""
+        """What a resume must not change (the sampler, pruner, ranking and paths may)."""
         d = self.to_dict()
-        for key in ("sampler", "pruner", "data", "data_hash", "name"):
+        for key in ("sampler", "pruner", "rank_by", "data", "data_hash", "name"):
             d.pop(key)
         return d
 

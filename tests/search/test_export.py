@@ -15,7 +15,8 @@ from mlflow import MlflowClient
 from search.cli import main
 from search.promote.fidelity import kendall_tau_b, spearman
 from search.promote.select import Selection, select
-from search.study.record import confirmations, full_results
+from search.study import estimators
+from search.study.record import TrialRecord, confirmations, full_results
 from search.study.storage import redact
 from search.study.studies import load_spec, load_study
 from search.study.workspace import default_tracking_uri as default_uri
@@ -174,6 +175,16 @@ def test_promote_trains_writes_back_registers_and_scores_fidelity(study_ws, tmp_
     y = [p["full_top1"] for p in report["pairs"]]
     for name, stat in (("kendall_tau", kendall_tau_b), ("spearman", spearman)):
         assert report[name]["value"] == pytest.approx(stat(x, y), nan_ok=True)
+    # and per rank estimator, from the scores each trial stores with its curve
+    by = report["estimators"]
+    assert by["epochs"] == 1 and set(by) == {"epochs", *estimators.ESTIMATORS}
+    study = load_study("ex", url(study_ws))
+    records = [TrialRecord.from_trial(study.trials[p["trial"]]) for p in report["pairs"]]
+    assert all(r.estimates == estimators.scores(r.curve, 1) for r in records)
+    tse = [-r.curve[0]["train_loss"] for r in records]
+    assert by["tse"]["kendall_tau"]["value"] == pytest.approx(kendall_tau_b(tse, y),
+                                                              nan_ok=True)
+    assert by["tse"]["n"] == 3
 
 
 def test_fidelity_needs_three_full_results(tmp_path, tiny_data, capsys):

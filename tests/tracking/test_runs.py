@@ -5,9 +5,11 @@ import os
 import subprocess
 import sys
 
+import pytest
 from mlflow import MlflowClient
 
 from search.cli import main
+from search.study.record import TrialRecord
 from search.study.results import state_of
 from search.study.studies import load_study
 from search.study.workspace import default_tracking_uri as default_uri
@@ -41,6 +43,12 @@ def test_one_parent_and_a_child_per_trial_with_curves_and_pareto_tags(tmp_path, 
     table = client.download_artifacts(parent.info.run_id, "front.csv", str(tmp_path))
     rows = open(table).read().strip().splitlines()
     assert rows[0].startswith("trial,label,val_acc,params") and len(rows) == len(front) + 1
+    assert rows[0].endswith(",rank_last") and parent.data.tags["rank_by"] == "last"
+    # each trained trial's rank estimates, as metrics of its run
+    r = TrialRecord.from_trial(next(t for t in ran if state_of(t) == "COMPLETE"))
+    metrics = client.get_run(r.mlflow_run_id).data.metrics
+    assert metrics["rank.tse"] == pytest.approx(-sum(c["train_loss"] for c in r.curve))
+    assert metrics["rank.last"] == pytest.approx(r.curve[-1]["val_acc"])
 
 
 def test_no_tracking_works_the_same_without_importing_mlflow(tmp_path, tiny_data):
