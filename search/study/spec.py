@@ -23,6 +23,8 @@ from trainers.recipes import Recipe
 SAMPLERS = ("nsga2", "tpe", "gp", "random")
 PRUNERS = ("moasha", "hyperband", "median", "none")
 DEFAULT_TRIALS = 10
+# how the search goes on, not what it searches: a resume may change them (stored anew)
+RESUME_MAY_CHANGE = ("sampler", "pruner", "rank_by")
 
 @dataclass(frozen=True)
 class StudySpec:
@@ -108,9 +110,9 @@ class StudySpec:
         return cls(**data)
 
     def definition(self) -> dict[str, Any]:
-        """What a resume must not change (the sampler, pruner, ranking and paths may)."""
+        """What a resume must not change (RESUME_MAY_CHANGE and the paths may)."""
         d = self.to_dict()
-        for key in ("sampler", "pruner", "rank_by", "data", "data_hash", "name"):
+        for key in (*RESUME_MAY_CHANGE, "data", "data_hash", "name"):
             d.pop(key)
         return d
 

@@ -4,13 +4,14 @@ resume, a joining worker, `status`, `pareto` and `export` need only its name and
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import optuna
 
 from search.study import record
 from search.study.record import StudyKey
-from search.study.spec import DEFAULT_TRIALS, StudySpec, provenance
+from search.study.spec import DEFAULT_TRIALS, RESUME_MAY_CHANGE, StudySpec, provenance
 from search.study.storage import missing_file, open_storage, redact
 from spaces.errors import UserError
 
@@ -84,6 +85,10 @@ def create_or_resume(spec: StudySpec, storage_url: str, n_trials: int | None = N
                 f"{' and '.join(changed)}; results may not compare")
         if n_trials is not None and n_trials != record.trial_budget(study):
             record.set_trial_budget(study, n_trials)
+        # what a resume may change (sampler, pruner, ranking) is what its workers now use
+        changed = replace(stored, **{k: getattr(spec, k) for k in RESUME_MAY_CHANGE})
+        if changed != stored:
+            record.write_json(study, StudyKey.SPEC, changed.to_dict())
         # studies made before the size was kept learn it now
         record.set_space_size(study, spec.space.size(), only_if_unset=True)
         return study

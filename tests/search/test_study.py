@@ -54,6 +54,20 @@ def test_resume_grows_the_budget_and_warns_about_other_data(tmp_path):
     assert trial_budget(create_or_resume(spec(), url, None)) == 8
 
 
+def test_rank_by_is_stored_with_the_study_and_a_resume_may_change_it(tmp_path):
+    url = f"sqlite:///{tmp_path}/o.db"
+    assert spec().rank_by == "last"
+    create_or_resume(spec(rank_by="tse"), url, 5)
+    stored = load_spec(load_study("s", url))
+    assert stored.rank_by == "tse"
+    # given again without it, the stored one holds; given anew, the new one
+    assert build_spec("s", dict(TINY), stored, "/data").rank_by == "tse"
+    create_or_resume(build_spec("s", {**TINY, "rank_by": "powerlaw", "pruner": "none"},
+                                stored, "/data"), url, 5)
+    resumed = load_spec(load_study("s", url))  # what the workers read
+    assert (resumed.rank_by, resumed.pruner) == ("powerlaw", "none")
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"objectives": "accuracy:max"}, "unknown objective"),
     ({"objectives": "val_acc:max,params:min", "pruner": "hyperband"}, "one objective only"),
@@ -61,6 +75,7 @@ def test_resume_grows_the_budget_and_warns_about_other_data(tmp_path):
     ({"overrides": {"depth": "2"}}, "unknown parameter"),
     ({"epochs": 0}, "must be >= 1"),
     ({"recipe": {"momentum": 0.9}}, "recipe: unknown key 'momentum'"),
+    ({"rank_by": "luck"}, "unknown --rank-by 'luck'; choose from last, best, tse"),
 ])
 def test_bad_settings_are_one_clear_error(changes, message):
     with pytest.raises(UserError, match=message):
