@@ -105,6 +105,7 @@ class StudySpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StudySpec:
         data = dict(data)
+        data.setdefault("rank_by", "last")  # studies stored before there was a choice
         data["space"] = SearchSpace.from_dict(data["space"])
         data["objectives"] = parse_objectives(data["objectives"])
         return cls(**data)

@@ -4,7 +4,7 @@ import optuna
 import pytest
 
 from search.study.record import trial_budget
-from search.study.spec import build_spec
+from search.study.spec import StudySpec, build_spec
 from search.study.storage import open_storage, redact
 from search.study.studies import create_or_resume, load_spec, load_study
 from spaces.errors import UserError
@@ -56,7 +56,9 @@ def test_resume_grows_the_budget_and_warns_about_other_data(tmp_path):
 
 def test_rank_by_is_stored_with_the_study_and_a_resume_may_change_it(tmp_path):
     url = f"sqlite:///{tmp_path}/o.db"
-    assert spec().rank_by == "last"
+    assert spec().rank_by == "tse"  # the default
+    old = {k: v for k, v in spec().to_dict().items() if k != "rank_by"}
+    assert StudySpec.from_dict(old).rank_by == "last"  # stored before the choice: as it ran
     create_or_resume(spec(rank_by="tse"), url, 5)
     stored = load_spec(load_study("s", url))
     assert stored.rank_by == "tse"

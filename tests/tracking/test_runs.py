@@ -43,7 +43,7 @@ def test_one_parent_and_a_child_per_trial_with_curves_and_pareto_tags(tmp_path, 
     table = client.download_artifacts(parent.info.run_id, "front.csv", str(tmp_path))
     rows = open(table).read().strip().splitlines()
     assert rows[0].startswith("trial,label,val_acc,params") and len(rows) == len(front) + 1
-    assert rows[0].endswith(",rank_last") and parent.data.tags["rank_by"] == "last"
+    assert rows[0].endswith(",rank_tse") and parent.data.tags["rank_by"] == "tse"
     # each trained trial's rank estimates, as metrics of its run
     r = TrialRecord.from_trial(next(t for t in ran if state_of(t) == "COMPLETE"))
     metrics = client.get_run(r.mlflow_run_id).data.metrics
