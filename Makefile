@@ -29,8 +29,8 @@ test: $(STAMP)
 	# Two pytest processes (in one the CPUs idle half the time): the `heavy` tests (Ray, the
 	# shared MLflow database; one at a time, tests/helpers.py) beside the rest;
 	# then the wall-clock checks by themselves. Each prints its slowest tests.
-	$(BIN)/pytest -m heavy --durations=8 > .pytest-heavy.log 2>&1 & heavy=$$!; \
-	$(BIN)/pytest -m "not heavy and not alone" --durations=12; rest=$$?; \
+	$(BIN)/pytest -m heavy --durations=14 > .pytest-heavy.log 2>&1 & heavy=$$!; \
+	$(BIN)/pytest -m "not heavy and not alone" --durations=25; rest=$$?; \
 	wait $$heavy; heavy=$$?; echo "--- the heavy tests:"; cat .pytest-heavy.log; \
 	[ $$rest -eq 0 ] && [ $$heavy -eq 0 ]
 	$(BIN)/pytest -m alone

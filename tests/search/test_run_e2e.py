@@ -14,7 +14,6 @@ from optuna.trial import TrialState
 from search.study.results import state_of
 from tests.helpers import CIFAR_ARCHIVE, HEAVY, pids_where, wait_for
 
-pytestmark = HEAVY  # whole studies of worker processes: in the second lane, for balance
 PATCHNAS = str(Path(sys.executable).with_name("patchnas"))
 SPACE = ["--family", "convmixer", "--set", "h=64..96", "d=2..3", "p=4", "k=3,5"]
 # trials of a few seconds an epoch, to be killed or interrupted in the middle
@@ -36,6 +35,7 @@ def worker_pids(name):
                       and b"search" in argv)
 
 
+@HEAVY  # whole studies of worker processes: in the second lane, for balance
 def test_issue_check_two_workers_on_real_data(cifar, tmp_path):
     start = time.monotonic()
     cmd = [PATCHNAS, "search", "run", "--name", "s1", *SPACE, "--trials", "6", "--epochs",
@@ -123,6 +123,7 @@ def _resume_and_check(cmd, workspace, name, completed_before):
     return ts
 
 
+@HEAVY  # whole studies of worker processes: in the second lane, for balance
 def test_a_worker_killed_by_the_os_is_reported_requeued_and_replaced(cifar, tmp_path):
     name = "killed"
     log = tmp_path / "driver.log"
@@ -171,6 +172,7 @@ def test_a_worker_killed_by_the_os_is_reported_requeued_and_replaced(cifar, tmp_
     assert json.loads(listing.stdout)[0]["trials"] == 4  # retries are not counted twice
 
 
+@HEAVY  # whole studies of worker processes: in the second lane, for balance
 def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(cifar, tmp_path):
     name = "interrupted"
 
@@ -192,6 +194,7 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(cifar, tmp_path):
     _resume_and_check(cmd, tmp_path, name, completed_then)
 
 
+@HEAVY  # whole studies of worker processes: in the second lane, for balance
 def test_sigterm_of_the_driver_stops_it_like_ctrl_c(cifar, tmp_path):
     name = "terminated"
     _, run = _start_long_study(tmp_path, name)
@@ -215,6 +218,7 @@ def test_sigterm_of_the_driver_stops_it_like_ctrl_c(cifar, tmp_path):
     assert parent.info.status == "KILLED"
 
 
+@HEAVY  # whole studies of worker processes: in the second lane, for balance
 def test_workers_die_with_a_killed_driver(cifar, tmp_path):
     name = "orphaned"
     _, run = _start_long_study(tmp_path, name)
