@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from search.promote.fidelity import correlations  # noqa: E402
+from search.promote.fidelity import correlations, describe  # noqa: E402
 from search.study import estimators  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,10 +127,7 @@ def main() -> None:
     print(f"{len(pairs)} configs, {args.short} vs {long_epochs} epochs; the short runs cost "
           f"{cost:.1%} of the long ones", file=sys.stderr)
     for name, r in table.items():
-        tau, rho = r["kendall_tau"], r["spearman"]
-        print(f"  {name:<9} Kendall {tau['value']:+.3f} [{tau['ci95'][0]:+.2f}, "
-              f"{tau['ci95'][1]:+.2f}]  Spearman {rho['value']:+.3f} [{rho['ci95'][0]:+.2f}, "
-              f"{rho['ci95'][1]:+.2f}]", file=sys.stderr)
+        print(f"  {name:<9} {describe(r)}", file=sys.stderr)
     print(json.dumps(out, indent=2))
 
 

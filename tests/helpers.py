@@ -103,6 +103,20 @@ def pids_where(matches: Callable[[list[bytes]], bool]) -> list[int]:
     return pids
 
 
+def session_members(sid: int) -> list[int]:
+    """The live (not zombie) processes of session `sid`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            stat = (proc / "stat").read_text() if proc.name.isdigit() else ""
+        except OSError:
+            continue
+        fields = stat.rpartition(")")[2].split()  # after "(comm)": state, ppid, pgrp, session
+        if len(fields) > 3 and fields[0] != "Z" and int(fields[3]) == sid:
+            pids.append(int(proc.name))
+    return pids
+
+
 def lrs_of_each_update(run) -> list[list[float]]:
     """The learning rate of each param group at every optimizer step that `run()` takes."""
     seen = []

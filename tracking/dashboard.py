@@ -8,12 +8,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from tracking.ui import PortBusy, port_is_free, run_until_stopped
+from tracking.ui import PortBusy, port_is_free, run_server
 
 MISSING = "optuna-dashboard is not installed: pip install 'patchnas[dashboard]'"
 
@@ -46,8 +45,8 @@ def serve_dashboard(storage_url: str, port: int, host: str = "127.0.0.1", log=pr
     if not port_is_free(host, port):
         raise PortBusy(f"port {port} on {host} is in use; give --port with a free one")
     config = _config_file(storage_url)
-    log(f"optuna-dashboard: http://{host}:{port}/dashboard  (Ctrl-C stops it)")
     try:
-        return run_until_stopped(subprocess.Popen(dashboard_command(config, port, host)))
+        return run_server(dashboard_command(config, port, host), announce=lambda: log(
+            f"optuna-dashboard: http://{host}:{port}/dashboard  (Ctrl-C stops it)"))
     finally:
         config.unlink(missing_ok=True)

@@ -73,31 +73,74 @@ def serve(uri: str, port: int, host: str = "127.0.0.1", log=print, path: str = "
         raise PortBusy(f"port {port} on {host} is in use (another MLflow UI?); give --port "
                        f"with a free one, or open the UI already there")
     url = f"http://{host}:{port}{path}"
-    # SIGTERM from here on ends the server too: one arriving just after the line below had
-    # killed this process and left the server running (seen as an orphan after the tests)
-    signal.signal(signal.SIGTERM, _interrupt)
-    log(f"MLflow UI: {url}  (Ctrl-C stops it)")
-    server = subprocess.Popen(ui_command(uri, port, host))
-    if open_browser:
-        _open_when_up(f"http://{host}:{port}/health", url, server)
-    return run_until_stopped(server)
+
+    def when_up(server: subprocess.Popen) -> None:
+        if open_browser:
+            _open_when_up(f"http://{host}:{port}/health", url, server)
+    return run_server(ui_command(uri, port, host),
+                      announce=lambda: log(f"MLflow UI: {url}  (Ctrl-C stops it)"),
+                      when_up=when_up)
 
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def run_until_stopped(server: subprocess.Popen) -> int:
-    """Wait for a server process until Ctrl-C or SIGTERM, which stop it too (never orphaned);
-    returns its exit code, 0 when stopped so."""
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
+
+def run_server(cmd: list[str], announce=None, when_up=None) -> int:
+    """Run a server process until Ctrl-C or SIGTERM, which stop it and every process it
+    started (MLflow's uvicorn, job runner and huey consumers); returns its exit code, 0 when
+    stopped so. The stop signals are held from before the server starts until the `try` that
+    stops it: one arriving between the two had killed this process and orphaned the server
+    (seen after the suite, ten processes of it)."""
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
+        if announce is not None:
+            announce()
+        # its own session, so that one killpg reaches its children too; the child takes
+        # the signals back before it runs the server
+        server = subprocess.Popen(cmd, start_new_session=True, preexec_fn=_unblock)
+    except BaseException:
+        _unblock()
+        raise
+    try:
+        _unblock()  # a signal held since the block is delivered here, inside the try
+        if when_up is not None:
+            when_up(server)
         return server.wait()
     except KeyboardInterrupt:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
         return 0
+    finally:
+        _stop_group(server)
+
+
+def _unblock() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+def _stop_group(server: subprocess.Popen, grace: float = 30) -> None:
+    """SIGTERM the server's process group, SIGKILL what is left after `grace` seconds."""
+    import os
+
+    def signal_group(sig: int) -> bool:
+        try:
+            os.killpg(server.pid, sig)
+            return True
+        except ProcessLookupError:  # nothing of it left
+            return False
+    if not signal_group(signal.SIGTERM):
+        server.poll()
+        return
+    end = time.monotonic() + grace
+    while time.monotonic() < end:
+        try:
+            server.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            continue
+        if not signal_group(0):  # the group is empty: all of it ended
+            return
+    signal_group(signal.SIGKILL)
+    server.poll()

@@ -137,7 +137,7 @@ def add_fidelity_command(sub) -> None:
 
 
 def _fidelity(args: argparse.Namespace) -> int:
-    from search.promote.fidelity import fidelity
+    from search.promote.fidelity import describe, fidelity
     from search.study.studies import load_study
 
     report = fidelity(load_study(args.name, storage_url(args)), args.include_partial)
@@ -156,10 +156,7 @@ def _fidelity(args: argparse.Namespace) -> int:
         for name, r in by.items():
             if name == "epochs":
                 continue
-            tau, rho = r["kendall_tau"], r["spearman"]
-            print(f"  {name:<9} tau {tau['value']:+.3f} [{tau['ci95'][0]:+.3f}, "
-                  f"{tau['ci95'][1]:+.3f}]  rho {rho['value']:+.3f} [{rho['ci95'][0]:+.3f}, "
-                  f"{rho['ci95'][1]:+.3f}]  n {r['n']}")
+            print(f"  {name:<9} {describe(r)}  n {r['n']}")
     if report["partial"]:
         print(f"note: {report['partial']} full result(s) come from shortened runs")
     return 0

@@ -98,6 +98,13 @@ def correlations(x: Sequence[float], y: Sequence[float]) -> dict[str, dict[str, 
     return out
 
 
+def describe(r: dict[str, dict[str, Any]]) -> str:
+    """One line of a `correlations` result: tau and rho, each with its interval."""
+    tau, rho = r["kendall_tau"], r["spearman"]
+    return (f"Kendall {tau['value']:+.3f} [{tau['ci95'][0]:+.2f}, {tau['ci95'][1]:+.2f}]  "
+            f"Spearman {rho['value']:+.3f} [{rho['ci95'][0]:+.2f}, {rho['ci95'][1]:+.2f}]")
+
+
 def by_estimator(pairs: list[dict[str, Any]], horizon: int) -> dict[str, Any]:
     """Every estimator's correlations with the full top-1, over the pairs whose curves it can
     score, each curve cut to the shortest of them."""

@@ -185,6 +185,11 @@ def test_promote_trains_writes_back_registers_and_scores_fidelity(study_ws, tmp_
     assert by["tse"]["kendall_tau"]["value"] == pytest.approx(kendall_tau_b(tse, y),
                                                               nan_ok=True)
     assert by["tse"]["n"] == 3
+    assert main(["search", "fidelity", "ex", "--workspace", str(study_ws),
+                 "--include-partial"]) == 0
+    shown = capsys.readouterr().out
+    assert "rank estimators of the proxy's curve (its first 1 epoch(s)):" in shown
+    assert f"tse       Kendall {by['tse']['kendall_tau']['value']:+.3f}" in shown
 
 
 def test_fidelity_needs_three_full_results(tmp_path, tiny_data, capsys):

@@ -9,7 +9,7 @@ from mlflow import MlflowClient
 
 from search.cli import main
 from search.study.workspace import default_tracking_uri as default_uri
-from tests.helpers import free_port, need, pids_where, wait_for, wait_http
+from tests.helpers import free_port, need, pids_where, session_members, wait_for, wait_http
 from tracking.browser import Browser, chromium
 from tracking.ui import EXPAND_PARENTS, artifact_page, runs_page
 
@@ -78,6 +78,12 @@ def test_ui_without_runs_is_one_line(tmp_path, capsys):
 
 
 
+def servers(port: int) -> list[int]:
+    """The MLflow server process listening on `port` (its command line names the port)."""
+    return pids_where(lambda argv: argv[1:4] == [b"-m", b"mlflow", b"server"]
+                      and str(port).encode() in argv)
+
+
 def test_ui_study_prints_the_url_of_that_studys_runs(tmp_path):
     ws = tmp_path / "ws"
     uri = default_uri(ws)
@@ -94,13 +100,16 @@ def test_ui_study_prints_the_url_of_that_studys_runs(tmp_path):
         # (the page itself is rendered by the Chromium test above)
         assert MlflowClient(uri).get_experiment(runs.experiment_id).tags[
             "mlflow.experimentKind"] == "custom_model_development"  # the runs view
+        # the server and what it starts (uvicorn, MLflow's job runner, huey consumers)
+        assert wait_for(lambda: len(servers(port)) == 1, 60, "the MLflow server")
+        session = os.getsid(servers(port)[0])
+        assert session == servers(port)[0]  # its own session: one signal reaches all of it
+        assert wait_for(lambda: len(session_members(session)) > 2, 60, "its workers")
     finally:
         ui.terminate()
         ui.wait(timeout=60)
-    def servers() -> list[int]:  # the MLflow server the UI started, on that port
-        return pids_where(lambda argv: b"mlflow" in b" ".join(argv)
-                          and str(port).encode() in argv)
-    assert wait_for(lambda: not servers(), 30), f"an MLflow server outlived the UI: {servers()}"
+    assert wait_for(lambda: not session_members(session), 30), \
+        f"processes of the MLflow server outlived the UI: {session_members(session)}"
     missing = subprocess.run([PATCHNAS, "ui", "other", "--workspace", str(ws)],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "no MLflow experiment for study other" in missing.stderr
