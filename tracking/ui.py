@@ -86,7 +86,7 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}  # HUP: its terminal closed
 
 
 def run_server(cmd: list[str], announce=None, when_up=None) -> int:
@@ -96,6 +96,7 @@ def run_server(cmd: list[str], announce=None, when_up=None) -> int:
     stops it: one arriving between the two had killed this process and orphaned the server
     (seen after the suite, ten processes of it)."""
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         if announce is not None:
@@ -113,7 +114,8 @@ def run_server(cmd: list[str], announce=None, when_up=None) -> int:
         return server.wait()
     except KeyboardInterrupt:
         return 0
-    finally:
+    finally:  # a second Ctrl-C must not cut the stop short
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         _stop_group(server)
 
 
@@ -136,11 +138,11 @@ def _stop_group(server: subprocess.Popen, grace: float = 30) -> None:
         return
     end = time.monotonic() + grace
     while time.monotonic() < end:
-        try:
-            server.wait(timeout=0.2)
-        except subprocess.TimeoutExpired:
+        if server.poll() is None:
+            time.sleep(0.2)
             continue
         if not signal_group(0):  # the group is empty: all of it ended
             return
+        time.sleep(0.2)  # its children are still stopping
     signal_group(signal.SIGKILL)
     server.poll()

@@ -132,33 +132,49 @@ def load(path: str | Path, image_size: int | None = None,
     cache = Path(cache_dir) / f"data-{digest[:20]}.pt" if cache_dir else None
     if cache is None:
         return _decode_at(path, image_size, digest)
+    found = _cached(cache, digest)  # written whole (atomic rename): no lock to read it
+    if found is not None:
+        return found
     cache.parent.mkdir(parents=True, exist_ok=True)
     # the workers of a study start together: one decodes, the others wait and read its copy
     with _exclusive(cache.with_suffix(".lock")):
-        if cache.exists():
-            try:
-                return _from_cache(cache, digest)
-            except Exception:  # a damaged cache file is rebuilt, never trusted
-                cache.unlink(missing_ok=True)
+        found = _cached(cache, digest)
+        if found is not None:
+            return found
         data = _decode_at(path, image_size, digest)
         _to_cache(cache, data)
         return data
 
 
+def _cached(cache: Path, digest: str) -> Dataset | None:
+    if not cache.exists():
+        return None
+    try:
+        return _from_cache(cache, digest)
+    except Exception:  # a damaged cache file is rebuilt, never trusted
+        cache.unlink(missing_ok=True)
+        return None
+
+
 @contextmanager
 def _exclusive(lock: Path):
-    """An advisory lock between processes (POSIX); elsewhere none (each may decode)."""
+    """An advisory lock between processes (POSIX); without one (another OS, a lock file
+    this user cannot open, a filesystem without flock) each process may decode."""
     try:
         import fcntl
-    except ImportError:
+
+        fd = os.open(lock, os.O_RDONLY | os.O_CREAT, 0o666)
+    except (ImportError, OSError):
         yield
         return
-    with open(lock, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    try:
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # ENOLCK, EOPNOTSUPP
+            pass
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _decode_at(path: Path, image_size: int | None, digest: str) -> Dataset:

@@ -13,9 +13,9 @@ metric. MO-ASHA (Schmucker et al., 2021) does asynchronous successive halving wi
 multi-objective ranking: at each rung (epochs min_epochs * eta^k), a trial continues only if
 nothing that reached the rung dominates it, or if it is in the best 1/eta of those trials,
 ordered by non-dominated rank and then crowding distance (NSGA-II's order). Costs are fixed
-per architecture, so what changes between rungs is the accuracy: by default the rung's
-val_acc, or the study's `--rank-by` estimate from the curve up to the rung
-(search.study.estimators: the training-loss sum, a power-law extrapolation, ...).
+per architecture, so what changes between rungs is the accuracy, as the study's `--rank-by`
+estimate from the curve up to the rung (search.study.estimators: the training-loss sum by
+default, the rung's val_acc, a power-law extrapolation to the study's epochs, ...).
 
 Intermediate metrics live in each trial's record (`curve`: one dict per epoch), so pruned
 trials keep them and samplers never see a half-told trial.

@@ -108,6 +108,7 @@ def describe(r: dict[str, dict[str, Any]]) -> str:
 def by_estimator(pairs: list[dict[str, Any]], horizon: int) -> dict[str, Any]:
     """Every estimator's correlations with the full top-1, over the pairs whose curves it can
     score, each curve cut to the shortest of them."""
+    pairs = [p for p in pairs if p["curve"]]  # (a record without a curve scores nothing)
     epochs = min((len(p["curve"]) for p in pairs), default=0)
     out: dict[str, Any] = {"epochs": epochs}
     if epochs == 0:

@@ -65,12 +65,14 @@ DEFAULT = "tse"
 
 
 def score(name: str, curve: Curve, horizon: int) -> float | None:
-    """The estimator's score of `curve` (None for a curve without epochs or the metric)."""
+    """The estimator's score of `curve` (None for a curve without epochs or the metric, and
+    for a NaN or infinite one: nothing would dominate it at a rung)."""
     estimate = ESTIMATORS[name]
     try:
-        return estimate(curve, horizon) if curve else None
+        value = estimate(curve, horizon) if curve else None
     except KeyError:  # an epoch without the metric (a reused or hand-written record)
         return None
+    return value if value is not None and math.isfinite(value) else None
 
 
 def scores(curve: Curve, horizon: int) -> dict[str, float]:

@@ -31,6 +31,7 @@ def test_estimators_give_their_documented_values_on_a_hand_made_curve():
                                        for name in estimators.ESTIMATORS}
     assert estimators.score("tse", [{"epoch": 1, "val_acc": 0.5}], 8) is None  # no loss
     assert estimators.score("tse", [], 8) is None
+    assert estimators.score("tse", curve([float("nan")], [0.1]), 8) is None  # diverged
 
 
 def _trial_at_rung(study, loss, acc):
