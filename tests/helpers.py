@@ -17,7 +17,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -90,30 +90,30 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str = "",
 
 def pids_where(matches: Callable[[list[bytes]], bool]) -> list[int]:
     """The processes whose command line (argv as bytes) `matches`."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if matches(argv):
-            pids.append(int(proc.name))
-    return pids
+    return [pid for pid, proc in _processes() if matches(_read(proc / "cmdline").split(b"\0"))]
+
+
+def _processes() -> Iterator[tuple[int, Path]]:
+    """(pid, /proc/PID) of every process."""
+    return ((int(p.name), p) for p in Path("/proc").iterdir() if p.name.isdigit())
+
+
+def _read(path: Path) -> bytes:
+    """A /proc file's bytes; empty once its process is gone."""
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
 
 
 def session_members(sid: int) -> list[int]:
     """The live (not zombie) processes of session `sid`."""
     pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            stat = (proc / "stat").read_text() if proc.name.isdigit() else ""
-        except OSError:
-            continue
-        fields = stat.rpartition(")")[2].split()  # after "(comm)": state, ppid, pgrp, session
-        if len(fields) > 3 and fields[0] != "Z" and int(fields[3]) == sid:
-            pids.append(int(proc.name))
+    for pid, proc in _processes():
+        # after "(comm)": state, ppid, pgrp, session
+        fields = _read(proc / "stat").rpartition(b")")[2].split()
+        if len(fields) > 3 and fields[0] != b"Z" and int(fields[3]) == sid:
+            pids.append(pid)
     return pids
 
 

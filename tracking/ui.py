@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -125,8 +126,6 @@ def _unblock() -> None:
 
 def _stop_group(server: subprocess.Popen, grace: float = 30) -> None:
     """SIGTERM the server's process group, SIGKILL what is left after `grace` seconds."""
-    import os
-
     def signal_group(sig: int) -> bool:
         try:
             os.killpg(server.pid, sig)

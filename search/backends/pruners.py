@@ -73,7 +73,8 @@ def make_pruner(spec: StudySpec, external: bool = False) -> Pruner:
     """The study's pruner; `external`: a scheduler outside the trial (Ray's ASHA) prunes
     one-objective studies."""
     if spec.pruner == "moasha":
-        return MOASHA(spec.objectives, spec.rungs, spec.eta, spec.rank_by, spec.epochs)
+        return MOASHA(spec.objectives, spec.rungs, spec.eta, rank_by=spec.rank_by,
+                      horizon=spec.epochs)
     if spec.pruner in ("hyperband", "median") and not external:
         return OptunaPruner()
     return NoPruner()
@@ -101,8 +102,10 @@ def rung_vector(objectives: Sequence[Objective], accuracy: float,
 
 
 class MOASHA(Pruner):
-    def __init__(self, objectives: Sequence[Objective], rungs: Sequence[int], eta: int,
-                 rank_by: str = estimators.DEFAULT, horizon: int = 1):
+    def __init__(self, objectives: Sequence[Objective], rungs: Sequence[int], eta: int, *,
+                 rank_by: str, horizon: int):
+        """`rank_by`: the estimator a rung ranks by; `horizon`: the study's epochs (what the
+        power law extrapolates to)."""
         self.objectives, self.rungs, self.eta = tuple(objectives), set(rungs), eta
         self.rank_by, self.horizon = rank_by, horizon
 

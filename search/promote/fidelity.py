@@ -56,7 +56,7 @@ def fidelity(study: optuna.Study, include_partial: bool = False) -> dict[str, An
     with `include_partial`, runs cut short count too. The runs left out are listed, with why."""
     target = promotion_target(study)
     full, confirmed = full_results(study), confirmations(study)
-    pairs, left_out = [], []
+    pairs, curves, left_out = [], [], []
     for number, runs in sorted(full.items()):
         usable = []
         for run in runs:
@@ -65,14 +65,14 @@ def fidelity(study: optuna.Study, include_partial: bool = False) -> dict[str, An
                 left_out.append({"trial": number, "run_id": run.get("run_id"), "why": why})
             else:
                 usable.append(run)
-        trial = study.trials[number]
+        proxy_record = TrialRecord.from_trial(study.trials[number])
         proxy = confirmed.get(number, {}).get("mean")
         if proxy is None:
-            proxy = TrialRecord.from_trial(trial).last_val_acc
+            proxy = proxy_record.last_val_acc
         if usable and proxy is not None:
             best = max(usable, key=lambda r: r["top1"])
+            curves.append(proxy_record.curve)
             pairs.append({"trial": number, "proxy_val_acc": proxy, "full_top1": best["top1"],
-                          "curve": TrialRecord.from_trial(trial).curve,
                           "completed": best.get("completed", False),
                           "image_size": best.get("image_size"),
                           "num_classes": best.get("num_classes"), "run_id": best.get("run_id")})
@@ -80,13 +80,10 @@ def fidelity(study: optuna.Study, include_partial: bool = False) -> dict[str, An
         raise UserError(_too_few(study, pairs, left_out, target, include_partial))
     x = [p["proxy_val_acc"] for p in pairs]
     y = [p["full_top1"] for p in pairs]
-    out = {"study": study.study_name, "target": target, "n": len(pairs),
-           **correlations(x, y), "estimators": by_estimator(pairs, load_spec(study).epochs),
-           "partial": sum(not p["completed"] for p in pairs), "left_out": left_out}
-    for p in pairs:
-        del p["curve"]
-    out["pairs"] = pairs
-    return out
+    return {"study": study.study_name, "target": target, "n": len(pairs),
+            **correlations(x, y), "estimators": by_estimator(curves, y, load_spec(study).epochs),
+            "partial": sum(not p["completed"] for p in pairs), "left_out": left_out,
+            "pairs": pairs}
 
 
 def correlations(x: Sequence[float], y: Sequence[float]) -> dict[str, dict[str, Any]]:
@@ -105,17 +102,17 @@ def describe(r: dict[str, dict[str, Any]]) -> str:
             f"Spearman {rho['value']:+.3f} [{rho['ci95'][0]:+.2f}, {rho['ci95'][1]:+.2f}]")
 
 
-def by_estimator(pairs: list[dict[str, Any]], horizon: int) -> dict[str, Any]:
-    """Every estimator's correlations with the full top-1, over the pairs whose curves it can
-    score, each curve cut to the shortest of them."""
-    pairs = [p for p in pairs if p["curve"]]  # (a record without a curve scores nothing)
-    epochs = min((len(p["curve"]) for p in pairs), default=0)
+def by_estimator(curves: list[list[dict[str, float]]], truth: Sequence[float],
+                 horizon: int) -> dict[str, Any]:
+    """Every estimator's correlations with `truth` (the full top-1 of each curve's config),
+    over the curves it can score, each cut to the shortest of them."""
+    kept = [(c, y) for c, y in zip(curves, truth, strict=True) if c]  # no curve: no score
+    epochs = min((len(c) for c, _ in kept), default=0)
     out: dict[str, Any] = {"epochs": epochs}
     if epochs == 0:
         return out
     for name in estimators.ESTIMATORS:
-        scored = [(estimators.score(name, p["curve"][:epochs], horizon), p["full_top1"])
-                  for p in pairs]
+        scored = [(estimators.score(name, c[:epochs], horizon), y) for c, y in kept]
         scored = [(s, y) for s, y in scored if s is not None]
         if len(scored) >= 3:
             out[name] = {"n": len(scored), **correlations(*zip(*scored, strict=True))}
