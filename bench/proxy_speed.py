@@ -49,7 +49,7 @@ class Images(Dataset):
         return self.transform(self.x[i]), self.y[i]
 
 
-def reference(ds, device, epochs, workers, subset):
+def reference(ds, device, epochs, workers, subset, config=None):
     """The published recipe, as its train.py runs it."""
     train_tf = v2.Compose([
         v2.RandomResizedCrop(32, scale=(1.0, 1.0), ratio=(1.0, 1.0)),
@@ -64,7 +64,7 @@ def reference(ds, device, epochs, workers, subset):
     test = DataLoader(Images(ds.test_x, ds.test_y, test_tf), batch_size=512,
                       num_workers=workers)
     torch.manual_seed(0)
-    model = spaces.get("convmixer").build(CONFIG, 10, 32).to(device)
+    model = spaces.get("convmixer").build(config or CONFIG, 10, 32).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.005)
     scaler = torch.amp.GradScaler(enabled=device.type == "cuda")
     lr_at = lambda t: np.interp([t], [0, epochs * 2 / 5, epochs * 4 / 5, epochs],  # noqa: E731

@@ -5,7 +5,9 @@ Two loaders with the same recipe (`--loader`):
 - `device` (the default): each image is decoded once into a uint8 cache at the training
   resolution (`DecodedFolder`, a memory-mapped file); DataLoader workers only gather rows of
   it, batches travel as uint8, and every per-pixel step runs batched on the device
-  (`DeviceAugment`). Measured on a 2-core CPU in bench/RESULTS.md (`bench/full_input.py`).
+  (`DeviceAugment`). When the device is the CPU, the workers augment too: each batch under
+  the seed the trainer would set for it in the main process, so the result is the same and
+  every core works. Measured on a 2-core CPU in bench/RESULTS.md (`bench/full_input.py`).
 - `torchvision`: the baseline. Workers decode every JPEG and augment it with torchvision's
   v2 transforms in float32 on the CPU, then MixUp/CutMix run on the CPU batch.
 
@@ -98,16 +100,41 @@ def folder_shape(root: Path, sample: int = 64) -> FolderShape:
     return FolderShape(classes, int(np.median(sides)))
 
 
-def batch_mixer(recipe, num_classes: int):
-    """MixUp and/or CutMix on a batch (one of them, at random, when both are on)."""
+def batch_mixer(recipe, num_classes: int, in_place: bool = False):
+    """MixUp and/or CutMix on a batch (one of them, at random, when both are on);
+    `in_place`: the versions below, which overwrite the batch they are given."""
+    mixup, cutmix = (_MixUpInPlace, _CutMixInPlace) if in_place else (v2.MixUp, v2.CutMix)
     mixers = []
     if recipe.mixup:
-        mixers.append(v2.MixUp(alpha=recipe.mixup, num_classes=num_classes))
+        mixers.append(mixup(alpha=recipe.mixup, num_classes=num_classes))
     if recipe.cutmix:
-        mixers.append(v2.CutMix(alpha=recipe.cutmix, num_classes=num_classes))
+        mixers.append(cutmix(alpha=recipe.cutmix, num_classes=num_classes))
     if not mixers:
         return None
     return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
+
+
+# torchvision's MixUp and CutMix (their draws, their pairing of each image with the one
+# before it in the batch), without their copies of the whole batch: on a 64-image CPU batch
+# at 128 px its roll and clone took 23 of the 90 ms the device path spent per batch.
+class _MixUpInPlace(v2.MixUp):
+    def transform(self, inpt, params):
+        if inpt is params["labels"] or type(inpt) is not torch.Tensor:
+            return super().transform(inpt, params)
+        lam, out = params["lam"], torch.empty_like(inpt)
+        # image i: lam * x[i] + (1 - lam) * x[i - 1], i.e. lerp(x[i - 1], x[i], lam)
+        torch.lerp(inpt[:-1], inpt[1:], lam, out=out[1:])
+        torch.lerp(inpt[-1:], inpt[:1], lam, out=out[:1])
+        return out
+
+
+class _CutMixInPlace(v2.CutMix):
+    def transform(self, inpt, params):
+        if inpt is params["labels"] or type(inpt) is not torch.Tensor:
+            return super().transform(inpt, params)
+        x1, y1, x2, y2 = params["box"]
+        inpt[..., y1:y2, x1:x2] = inpt[..., y1:y2, x1:x2].roll(1, 0)  # the box: a copy
+        return inpt
 
 
 class EpochSampler(Sampler):
@@ -259,10 +286,18 @@ class DecodedFolder:
 
 
 class _Rows(Dataset):
-    """Rows of a DecodedFolder by a list of indices (a whole batch per call: a memcpy)."""
+    """Rows of a DecodedFolder by a list of keys (a whole batch per call: a memcpy).
 
-    def __init__(self, decoded: DecodedFolder):
+    With `augment` (a CPU device, which is the workers' own CPU) the batch is augmented
+    here, in the worker, under the seed the trainer sets before `prepare`: keys are then
+    (epoch, step, index), and the batch comes out as `prepare` in the main process would
+    make it, while every core augments (one thread each; in one process the per-crop and
+    per-group calls left a core idle)."""
+
+    def __init__(self, decoded: DecodedFolder, augment: DeviceAugment | None = None,
+                 seed: int = 0, rank: int = 0):
         self.path, self.labels = decoded.path, decoded.labels
+        self.augment, self.seed, self.rank = augment, seed, rank
         self._images = None  # opened in each worker process
 
     def __len__(self) -> int:
@@ -271,9 +306,30 @@ class _Rows(Dataset):
     def __getitems__(self, keys: list) -> tuple[torch.Tensor, torch.Tensor]:
         if self._images is None:
             self._images = np.load(self.path, mmap_mode="r")
-        index = [k[1] if isinstance(k, tuple) else k for k in keys]
+        index = [k[-1] if isinstance(k, tuple) else k for k in keys]
         # NCHW in channels-last memory: uint8 resizing on the CPU is fast only so
-        return torch.from_numpy(self._images[index]).permute(0, 3, 1, 2), self.labels[index]
+        x, y = torch.from_numpy(self._images[index]).permute(0, 3, 1, 2), self.labels[index]
+        if self.augment is None:
+            return x, y
+        epoch, step, _ = keys[0]
+        torch.manual_seed(mix_seed(self.seed, epoch, step, self.rank))
+        return self.augment(x, y)
+
+
+class _StepBatches(Sampler):
+    """An EpochSampler's keys in whole batches, each key (epoch, step, index): the step in
+    the epoch counted from the batches a resumed epoch skips, as the trainer counts it."""
+
+    def __init__(self, sampler: EpochSampler):
+        self.sampler = sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.sampler.batch
+
+    def __iter__(self):
+        keys, b = list(self.sampler), self.sampler.batch
+        for n in range(len(keys) // b):
+            yield [(e, self.sampler.skip + n, i) for e, i in keys[n * b:(n + 1) * b]]
 
 
 def _as_is(batch):
@@ -309,7 +365,7 @@ class DeviceAugment:
         self.size, self.recipe, self.device = size, recipe, device
         self.randaugment = (v2.RandAugment(recipe.randaugment_ops, recipe.randaugment_magnitude)
                             if recipe.randaugment_ops else None)
-        self.mixer = batch_mixer(recipe, num_classes)
+        self.mixer = batch_mixer(recipe, num_classes, in_place=True)
         std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
         self.scale = 1 / (255 * std)
         self.shift = -torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) / std
@@ -329,7 +385,8 @@ class DeviceAugment:
         return x, y
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return x.float().mul_(self.scale).add_(self.shift)  # (x / 255 - mean) / std
+        # (x / 255 - mean) / std, on NCHW memory: from channels-last it is 3x slower on a CPU
+        return x.contiguous().float().mul_(self.scale).add_(self.shift)
 
     def resized_crops(self, x: torch.Tensor, scale=(0.08, 1.0),
                       ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
@@ -352,8 +409,9 @@ class DeviceAugment:
         top, left = _places(h - ch, w - cw)
         if dev.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
-            out = torch.empty((b, 3, self.size, self.size), dtype=torch.uint8,
-                              memory_format=torch.channels_last)  # torch.cat of these: 0.5 s
+            # written in place (torch.cat of the crops: 0.5 s) and plain NCHW: every later
+            # step is 1.5-6x faster on it than on channels-last (normalize 15 -> 2.6 ms)
+            out = torch.empty((b, 3, self.size, self.size), dtype=torch.uint8)
             boxes = zip(top.long().tolist(), left.long().tolist(), ch.long().tolist(),
                         cw.long().tolist(), strict=True)
             for i, (t, le, hh, ww) in enumerate(boxes):
@@ -414,21 +472,27 @@ class DeviceInput:
         self.workers, self.device = workers, device
         self.augment = DeviceAugment(size, recipe, len(self.classes), device)
 
-    def _loader(self, decoded: DecodedFolder, keys, batch: int, whole: bool) -> DataLoader:
-        # two workers gather rows ahead of the device: a memcpy each, no decoding
-        return DataLoader(_Rows(decoded), batch_sampler=_Batches(keys, batch, whole),
-                          collate_fn=_as_is, num_workers=min(self.workers, 2),
+    def _loader(self, rows: _Rows, batches: Sampler) -> DataLoader:
+        # two workers gather rows ahead of the device (a memcpy each, no decoding); on a CPU
+        # device they augment as well
+        return DataLoader(rows, batch_sampler=batches, collate_fn=_as_is,
+                          num_workers=min(self.workers, 2),
                           pin_memory=self.device.type == "cuda")
 
     def train_loader(self, sampler: EpochSampler) -> DataLoader:
-        return self._loader(self.train_set, sampler, sampler.batch, whole=True)
+        if self.device.type == "cpu":
+            rows = _Rows(self.train_set, self.augment, sampler.seed, sampler.rank)
+            return self._loader(rows, _StepBatches(sampler))
+        return self._loader(_Rows(self.train_set), _Batches(sampler, sampler.batch, True))
 
     def prepare(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.device.type == "cpu":  # augmented by the loader (_Rows)
+            return batch
         x, y = (t.to(self.device, non_blocking=True) for t in batch)
         return self.augment(x, y)
 
     def val_loader(self, indices: range, batch: int) -> DataLoader:
-        return self._loader(self.val_set, list(indices), batch, whole=False)
+        return self._loader(_Rows(self.val_set), _Batches(list(indices), batch, False))
 
     def prepare_val(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = (t.to(self.device, non_blocking=True) for t in batch)

@@ -123,3 +123,42 @@ def test_both_loaders_give_training_batches_of_the_recipe(tmp_path, imagenette_s
     assert x.shape == (8, 3, 64, 64) and x.dtype == torch.float32
     assert y.shape == (8, 4) and torch.allclose(y.sum(1), torch.ones(8))  # CutMix's soft labels
     assert math.isfinite(float(x.mean())) and -3 < float(x.mean()) < 3
+
+
+@pytest.mark.parametrize("name", ["MixUp", "CutMix"])
+def test_the_in_place_mixers_give_torchvisions_batches(name):
+    from torchvision.transforms import v2
+
+    from trainers.full_input import _CutMixInPlace, _MixUpInPlace
+
+    ours = {"MixUp": _MixUpInPlace, "CutMix": _CutMixInPlace}[name]
+    x, y = torch.randn(16, 3, 24, 24), torch.arange(16) % 10
+    torch.manual_seed(3)
+    tx, ty = getattr(v2, name)(alpha=1.0, num_classes=10)(x.clone(), y)
+    torch.manual_seed(3)
+    ox, oy = ours(alpha=1.0, num_classes=10)(x.clone(), y)
+    assert not torch.allclose(tx, x)  # it mixed something
+    assert torch.allclose(ox, tx, atol=1e-6) and torch.equal(oy, ty)
+
+
+def test_on_a_cpu_the_workers_augment_each_batch_as_the_main_process_would(tmp_path,
+                                                                          imagenette_small):
+    """The trainer seeds (seed, epoch, step, rank) before `prepare`; on a CPU device the
+    loader's workers augment under that same seed, so the batches do not depend on the
+    number of workers, and a resumed epoch's first batch is the batch it skipped to."""
+    from trainers.plumbing import mix_seed
+
+    recipe = _recipe()
+    source = DeviceInput(imagenette_small, 64, recipe, 7, 2, CPU, tmp_path / "cache")
+    sampler = EpochSampler(len(source.train_set), 7, 0, 1, 8)
+    sampler.set_position(1, 3)  # epoch 1, resumed after 3 steps
+    in_workers = [source.prepare(b) for b in source.train_loader(sampler)]
+    assert len(in_workers) == sampler.steps_per_epoch - 3 == 5
+    plain = DeviceInput(imagenette_small, 64, recipe, 7, 0, CPU, tmp_path / "cache")
+    order = [i for _, i in sampler]
+    for n, (x, y) in enumerate(in_workers):
+        rows = torch.from_numpy(plain.train_set.images[order[n * 8:(n + 1) * 8]])
+        torch.manual_seed(mix_seed(7, 1, 3 + n, 0))
+        ex, ey = plain.augment(rows.permute(0, 3, 1, 2), plain.train_set.labels[
+            order[n * 8:(n + 1) * 8]])
+        assert torch.equal(x, ex) and torch.equal(y, ey)
