@@ -21,6 +21,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import sys
 import tarfile
 import tempfile
@@ -74,6 +75,14 @@ def cpu_seconds() -> float:
     me, children = (resource.getrusage(who) for who in (resource.RUSAGE_SELF,
                                                          resource.RUSAGE_CHILDREN))
     return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
+
+def median_pass(passes: list[dict]) -> dict:
+    """The pass of median images/s, with every pass's rates beside it."""
+    middle = sorted(passes, key=lambda r: r["images_per_s"])[len(passes) // 2]
+    return {**middle, "per_core_passes": [r["images_per_cpu_s"] for r in passes],
+            "images_per_cpu_s": statistics.median(r["images_per_cpu_s"] for r in passes),
+            "passes": [r["images_per_s"] for r in passes]}
 
 
 def input_rate(loader: str, data: Path, device: torch.device, workers: int, batch: int,
@@ -146,16 +155,20 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=os.cpu_count(),
                    help="DataLoader workers of the old path (and the one-time decode)")
+    p.add_argument("--passes", type=int, default=3,
+                   help="passes of each path, alternating; the median counts")
     p.add_argument("--steps", type=int, default=3, help="training steps timed")
     p.add_argument("--step-batch", type=int, help="the step's batch (default: --batch-size)")
     args = p.parse_args()
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         data = subset(args.archive, Path(tmp) / "data", args.images)
-        old = input_rate("torchvision", data, device, args.workers, args.batch_size,
-                         Path(tmp) / "cache")
-        new = input_rate("device", data, device, args.workers, args.batch_size,
-                         Path(tmp) / "cache")
+        passes = {"torchvision": [], "device": []}
+        for _ in range(args.passes):  # alternating, so the machine's load moves both alike
+            for loader, done in passes.items():
+                done.append(input_rate(loader, data, device, args.workers, args.batch_size,
+                                       Path(tmp) / "cache"))
+        old, new = (median_pass(done) for done in passes.values())
     step = step_rate(device, args.step_batch or args.batch_size, args.steps)
     cores = os.cpu_count()
     report = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",

@@ -57,7 +57,7 @@ fi
 
 if [ $smoke -eq 1 ]; then
     step gpu_tests 120 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/trainers/test_proxy.py
-    step full_input 240 "$PY" bench/full_input.py --device cpu --images 96 --batch-size 32 \
+    step full_input 240 "$PY" bench/full_input.py --device cpu --images 96 --batch-size 32 --passes 1 \
         --steps 1 --step-batch 2 --archive "$imagenette"
     step proxy_speed 300 "$PY" bench/proxy_speed.py --device cpu --data "$cifar" --subset 256 \
         --ref-epochs 1 --epochs 1 --workers 1 --modes eager --cache "${PATCHNAS_CACHE:-$ws/cache}" --tiny
@@ -68,7 +68,7 @@ if [ $smoke -eq 1 ]; then
 else
     step gpu_tests 90 "$PY" -m pytest -q -m gpu -p no:cacheprovider \
         tests/trainers/test_proxy.py tests/spaces/test_cost.py
-    step full_input 60 "$PY" bench/full_input.py --device cuda --images 9469 \
+    step full_input 60 "$PY" bench/full_input.py --device cuda --images 9469 --passes 1 \
         --batch-size 256 --steps 20 --archive "$imagenette"
     step proxy_speed 150 "$PY" bench/proxy_speed.py --data "$cifar" --cache "${PATCHNAS_CACHE:-$ws/cache}" \
         --workers 12 --modes eager

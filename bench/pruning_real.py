@@ -1,6 +1,6 @@
 """MO-ASHA on real CIFAR-10 studies: the same seeded study with and without pruning.
 
-    python bench/pruning_real.py                        # 24 trials x 6 epochs, 5,000 images
+    python bench/pruning_real.py                        # 24 trials x 9 epochs, 5,000 images
     python bench/pruning_real.py --trials 4 --epochs 3 --subset 500 --val-size 200  # smoke
 
 Runs `patchnas search run` (in this process, through the library's CLI function) once with
@@ -61,13 +61,15 @@ def main() -> None:
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" /
                                          "cifar10-jpeg.tar.gz"))
     p.add_argument("--trials", type=int, default=24)
-    p.add_argument("--epochs", type=int, default=6)
+    # 9 epochs: rungs at 1 and 3 (eta 3) and the end, so that halving can save ~3/4 of the
+    # epochs; at 6 its floor was ~34% (bench/RESULTS.md, 2026-12-04)
+    p.add_argument("--epochs", type=int, default=9)
     p.add_argument("--subset", type=int, default=5000)
     p.add_argument("--val-size", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rank-by", default="last,tse", help="MO-ASHA runs, one per estimator")
+    p.add_argument("--rank-by", default="tse,last", help="MO-ASHA runs, one per estimator")
     p.add_argument("--workspace", help="default: a temporary folder")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -65,7 +65,10 @@ def open_storage(url: str, heartbeat: bool = True,
                       .RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
     for attempt in range(SCHEMA_ATTEMPTS):
         try:
-            return TrialReadingRDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+            storage = TrialReadingRDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+            if url.startswith("sqlite"):
+                _sync_normally(storage.engine)
+            return storage
         except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, OSError) as err:
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             if _schema_race(reason) and attempt + 1 < SCHEMA_ATTEMPTS:
@@ -101,6 +104,17 @@ def _write_ahead_log(path: str) -> None:
             db.execute("PRAGMA journal_mode=WAL")
     except sqlite3.Error:
         pass  # not a database (yet): RDBStorage reports it in its own words
+
+
+def _sync_normally(engine: sqlalchemy.engine.Engine) -> None:
+    """Every connection of `engine` commits with synchronous=NORMAL: in WAL mode a commit
+    then writes the log without waiting for the disk (SQLite's documented pairing: the file
+    stays consistent; a power cut, not a killed process, may lose the last commits). A trial
+    makes ~20 commits; with a sync each they were a third of a zero-cost trial's time."""
+    def on_connect(connection, _record):
+        connection.execute("PRAGMA synchronous=NORMAL")
+    sqlalchemy.event.listen(engine, "connect", on_connect)
+    engine.dispose()  # the connections made while Optuna built the schema: without it
 
 
 def quiet_optuna() -> None:

@@ -57,3 +57,17 @@ def test_a_finished_trial_refuses_them_and_keeps_its_own(kind, tmp_path):
         set_user_attrs(trial, {"a": 5, "b": 2})
     assert optuna.load_study(study_name="finished", storage=storage).trials[0].user_attrs == \
         {"a": 1}
+
+
+def test_sqlite_connections_log_ahead_and_commit_without_waiting_for_the_disk(tmp_path):
+    storage = _storage("sqlite", tmp_path)
+    storage.engine.dispose()
+    for _ in range(2):  # the first connection and a later one from the pool
+        with storage.engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+    study = optuna.create_study(storage=storage)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    reopened = optuna.load_study(study_name=study.study_name,
+                                 storage=_storage("sqlite", tmp_path))
+    assert len(reopened.trials) == 3
