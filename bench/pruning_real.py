@@ -4,10 +4,10 @@
     python bench/pruning_real.py --trials 4 --epochs 3 --subset 500 --val-size 200  # smoke
 
 Runs `patchnas search run` (in this process, through the library's CLI function) once with
-`--pruner none` and once with MO-ASHA for each `--rank-by` given, each a fresh study of the
-same space, sampler (NSGA-II) and seed, on the CPU. Prints each study's hypervolume (the
-study's own definition and bounds, so the numbers are comparable), the epochs its trials
-trained, and both as ratios to the unpruned study. Not a test: results go to
+`--pruner none` and once for each pruner of `--pruners` and `--rank-by` given, each a fresh
+study of the same space, sampler (NSGA-II) and seed, on the CPU. Prints each study's
+hypervolume (the study's own definition and bounds, so the numbers are comparable), the
+epochs its trials trained, and both as ratios to the unpruned study. Not a test: results go to
 bench/RESULTS.md with the date, machine and command.
 """
 
@@ -69,21 +69,24 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rank-by", default="tse,last", help="MO-ASHA runs, one per estimator")
+    p.add_argument("--pruners", default="moasha,moasha-front",
+                   help="the pruned studies: one per pruner and estimator")
+    p.add_argument("--rank-by", default="tse", help="estimators the rungs rank by")
     p.add_argument("--workspace", help="default: a temporary folder")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         workspace = Path(args.workspace or tmp).resolve()
         tag = time.strftime("%H%M%S")
         runs = [one_study(f"full-{tag}", args, workspace, "none", "last")]
-        for rank_by in args.rank_by.split(","):
-            runs.append(one_study(f"moasha-{rank_by}-{tag}", args, workspace, "moasha",
-                                  rank_by))
+        for pruner in args.pruners.split(","):
+            for rank_by in args.rank_by.split(","):
+                runs.append(one_study(f"{pruner}-{rank_by}-{tag}", args, workspace, pruner,
+                                      rank_by))
     base = runs[0]
     for r in runs:
         r["hypervolume_ratio"] = r["hypervolume"] / base["hypervolume"]
         r["epochs_ratio"] = r["epochs"] / base["epochs"]
-        print(f"{r['pruner']:<7} rank-by {r['rank_by']:<8} hypervolume {r['hypervolume']:.4f} "
+        print(f"{r['pruner']:<12} rank-by {r['rank_by']:<8} hypervolume {r['hypervolume']:.4f} "
               f"({r['hypervolume_ratio']:.3f}x)  epochs {r['epochs']} "
               f"({r['epochs_ratio']:.0%})  pruned {r['pruned']}/{r['trained']}  "
               f"{r['wall_seconds']:.0f} s", file=sys.stderr)

@@ -2,6 +2,7 @@
 either backend. `make_pruner(spec)` picks the study's:
 
   moasha     MOASHA below (any number of objectives)
+  moasha-front  the same, also keeping every trial on a rung's own front
   hyperband  Optuna's HyperbandPruner, median: Optuna's MedianPruner (one objective: Optuna
              refuses `trial.report` with several), through `OptunaPruner`
   none       never stops a trial (also what a trial runs under when Ray's ASHA prunes it)
@@ -11,8 +12,10 @@ MO-ASHA, multi-fidelity pruning that works with several objectives:
 Optuna 5 refuses `trial.report` in multi-objective studies and Ray's schedulers take one
 metric. MO-ASHA (Schmucker et al., 2021) does asynchronous successive halving with a
 multi-objective ranking: at each rung (epochs min_epochs * eta^k), a trial continues only if
-nothing that reached the rung dominates it, or if it is in the best 1/eta of those trials,
-ordered by non-dominated rank and then crowding distance (NSGA-II's order). Costs are fixed
+it is in the best 1/eta of the trials that reached the rung, ordered by non-dominated rank
+and then crowding distance (NSGA-II's order); `moasha-front` also lets on every trial that
+nothing at the rung dominates (when accuracy grows with cost most trials are on that front,
+and it pruned too little: bench/RESULTS.md, pruning_real.py). Costs are fixed
 per architecture, so what changes between rungs is the accuracy, as the study's `--rank-by`
 estimate from the curve up to the rung (search.study.estimators: the training-loss sum by
 default, the rung's val_acc, a power-law extrapolation to the study's epochs, ...).
@@ -72,24 +75,25 @@ def optuna_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
 def make_pruner(spec: StudySpec, external: bool = False) -> Pruner:
     """The study's pruner; `external`: a scheduler outside the trial (Ray's ASHA) prunes
     one-objective studies."""
-    if spec.pruner == "moasha":
+    if spec.pruner in ("moasha", "moasha-front"):
         return MOASHA(spec.objectives, spec.rungs, spec.eta, rank_by=spec.rank_by,
-                      horizon=spec.epochs)
+                      horizon=spec.epochs, keep_front=spec.pruner == "moasha-front")
     if spec.pruner in ("hyperband", "median") and not external:
         return OptunaPruner()
     return NoPruner()
 
 
-def rung_keeps(points: Sequence[Sequence[float]], own: int, eta: int) -> bool:
+def rung_keeps(points: Sequence[Sequence[float]], own: int, eta: int,
+               keep_front: bool = False) -> bool:
     """Whether point `own` continues past a rung (`points` are minimization vectors).
 
-    It does if it is in the best ceil(n/eta) by NSGA-II order, or if nothing at the rung
-    dominates it: a point on the rung's front may end on the final front, and pruning it
-    cost 4-7% of the hypervolume in bench/pruning_sim.py for 2-3% of the epochs. Fewer than
-    `eta` points at a rung: everyone continues (there is nothing to halve yet).
+    It does if it is in the best ceil(n/eta) by NSGA-II order, or, with `keep_front`, if
+    nothing at the rung dominates it (in bench/pruning_sim.py pruning those cost 4-7% of
+    the hypervolume for 2-3% of the epochs; on real studies the front holds most trials).
+    Fewer than `eta` points at a rung: everyone continues (there is nothing to halve yet).
     """
     n = len(points)
-    if n < eta or nondominated_ranks(points)[own] == 0:
+    if n < eta or keep_front and nondominated_ranks(points)[own] == 0:
         return True
     return nsga2_order(points).index(own) < math.ceil(n / eta)
 
@@ -103,11 +107,11 @@ def rung_vector(objectives: Sequence[Objective], accuracy: float,
 
 class MOASHA(Pruner):
     def __init__(self, objectives: Sequence[Objective], rungs: Sequence[int], eta: int, *,
-                 rank_by: str, horizon: int):
+                 rank_by: str, horizon: int, keep_front: bool = False):
         """`rank_by`: the estimator a rung ranks by; `horizon`: the study's epochs (what the
-        power law extrapolates to)."""
+        power law extrapolates to); `keep_front`: see `rung_keeps`."""
         self.objectives, self.rungs, self.eta = tuple(objectives), set(rungs), eta
-        self.rank_by, self.horizon = rank_by, horizon
+        self.rank_by, self.horizon, self.keep_front = rank_by, horizon, keep_front
 
     def score(self, curve: Curve) -> float | None:
         return estimators.score(self.rank_by, curve, self.horizon)
@@ -130,4 +134,4 @@ class MOASHA(Pruner):
                 points.append(rung_vector(self.objectives, at_rung, r.costs))
         own = len(points)
         points.append(rung_vector(self.objectives, own_score, costs))
-        return not rung_keeps(points, own, self.eta)
+        return not rung_keeps(points, own, self.eta, self.keep_front)

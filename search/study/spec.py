@@ -21,7 +21,7 @@ from spaces.errors import UserError
 from trainers.recipes import Recipe
 
 SAMPLERS = ("nsga2", "tpe", "gp", "random")
-PRUNERS = ("moasha", "hyperband", "median", "none")
+PRUNERS = ("moasha", "moasha-front", "hyperband", "median", "none")
 DEFAULT_TRIALS = 10
 # how the search goes on, not what it searches: a resume may change them (stored anew)
 RESUME_MAY_CHANGE = ("sampler", "pruner", "rank_by")

@@ -100,14 +100,16 @@ def test_normalized_hypervolume_is_in_unit_box_and_log_scaled():
     assert 0 < normalized_hypervolume(objs, [[0.9, 1e6], [0.8, 1e5]], bounds) < 1
 
 
-def test_rung_keeps_its_front_and_the_best_third():
+@pytest.mark.parametrize("keep_front", [False, True])
+def test_rung_keeps_the_best_third_and_on_request_its_front(keep_front):
     # minimization vectors (-acc, params): one front point, then a dominated crowd
     pts = [(-0.9, 1), (-0.8, 5), (-0.7, 6), (-0.6, 7), (-0.5, 8), (-0.4, 9)]
-    assert [i for i in range(6) if rung_keeps(pts, i, eta=3)] == [0, 1]  # ceil(6/3) = 2
-    # every non-dominated point continues, even beyond the best third
+    assert [i for i in range(6) if rung_keeps(pts, i, 3, keep_front)] == [0, 1]  # ceil(6/3)
+    # three non-dominated points: the best third (by crowding: the two ends) or all three
     front = [(-0.9, 10), (-0.8, 5), (-0.7, 1), (-0.6, 10), (-0.5, 10), (-0.4, 10)]
-    assert [i for i in range(6) if rung_keeps(front, i, eta=3)] == [0, 1, 2]
-    assert all(rung_keeps(pts[:2], i, eta=3) for i in range(2))  # too few to halve yet
+    kept = [i for i in range(6) if rung_keeps(front, i, 3, keep_front)]
+    assert kept == ([0, 1, 2] if keep_front else [0, 2])
+    assert all(rung_keeps(pts[:2], i, 3, keep_front) for i in range(2))  # too few to halve
 
 
 def _study_with_twins(rng):
