@@ -100,10 +100,10 @@ def folder_shape(root: Path, sample: int = 64) -> FolderShape:
     return FolderShape(classes, int(np.median(sides)))
 
 
-def batch_mixer(recipe, num_classes: int, in_place: bool = False):
-    """MixUp and/or CutMix on a batch (one of them, at random, when both are on);
-    `in_place`: the versions below, which overwrite the batch they are given."""
-    mixup, cutmix = (_MixUpInPlace, _CutMixInPlace) if in_place else (v2.MixUp, v2.CutMix)
+def batch_mixer(recipe, num_classes: int, lean: bool = False):
+    """MixUp and/or CutMix on a batch (one of them, at random, when both are on); `lean`:
+    the versions below, without torchvision's copies (CutMix then overwrites its input)."""
+    mixup, cutmix = (_MixUpOnePass, _CutMixInPlace) if lean else (v2.MixUp, v2.CutMix)
     mixers = []
     if recipe.mixup:
         mixers.append(mixup(alpha=recipe.mixup, num_classes=num_classes))
@@ -117,7 +117,7 @@ def batch_mixer(recipe, num_classes: int, in_place: bool = False):
 # torchvision's MixUp and CutMix (their draws, their pairing of each image with the one
 # before it in the batch), without their copies of the whole batch: on a 64-image CPU batch
 # at 128 px its roll and clone took 23 of the 90 ms the device path spent per batch.
-class _MixUpInPlace(v2.MixUp):
+class _MixUpOnePass(v2.MixUp):
     def transform(self, inpt, params):
         if inpt is params["labels"] or type(inpt) is not torch.Tensor:
             return super().transform(inpt, params)
@@ -365,7 +365,7 @@ class DeviceAugment:
         self.size, self.recipe, self.device = size, recipe, device
         self.randaugment = (v2.RandAugment(recipe.randaugment_ops, recipe.randaugment_magnitude)
                             if recipe.randaugment_ops else None)
-        self.mixer = batch_mixer(recipe, num_classes, in_place=True)
+        self.mixer = batch_mixer(recipe, num_classes, lean=True)
         std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
         self.scale = 1 / (255 * std)
         self.shift = -torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) / std

@@ -126,12 +126,12 @@ def test_both_loaders_give_training_batches_of_the_recipe(tmp_path, imagenette_s
 
 
 @pytest.mark.parametrize("name", ["MixUp", "CutMix"])
-def test_the_in_place_mixers_give_torchvisions_batches(name):
+def test_the_lean_mixers_give_torchvisions_batches(name):
     from torchvision.transforms import v2
 
-    from trainers.full_input import _CutMixInPlace, _MixUpInPlace
+    from trainers.full_input import _CutMixInPlace, _MixUpOnePass
 
-    ours = {"MixUp": _MixUpInPlace, "CutMix": _CutMixInPlace}[name]
+    ours = {"MixUp": _MixUpOnePass, "CutMix": _CutMixInPlace}[name]
     x, y = torch.randn(16, 3, 24, 24), torch.arange(16) % 10
     torch.manual_seed(3)
     tx, ty = getattr(v2, name)(alpha=1.0, num_classes=10)(x.clone(), y)
