@@ -60,7 +60,7 @@ def powerlaw(curve: Curve, horizon: int) -> float:
 
 ESTIMATORS: dict[str, Callable[[Curve, int], float]] = {
     "last": last, "best": best, "tse": tse, "tse_ema": tse_ema, "powerlaw": powerlaw}
-# the best of them in bench/proxy_fidelity.py (bench/RESULTS.md): Kendall 0.75 vs 0.71 for last
+# the best of them in bench/proxy_fidelity.py (bench/RESULTS.md): Kendall 0.78 vs 0.72 for last
 DEFAULT = "tse"
 
 
