@@ -40,7 +40,7 @@ from trainers.proxy import DeviceData, ProxyTrainer, Recipe  # noqa: E402
 
 
 @torch.no_grad()
-def test_accuracy(model, normalize, x_all, y_all, flip: bool, batch: int = 1000) -> float:
+def accuracy_on(model, normalize, x_all, y_all, flip: bool, batch: int = 1000) -> float:
     was_training = model.training
     model.eval()
     correct = 0
@@ -66,8 +66,8 @@ def ours(ds, config, device, recipe: Recipe, subset: int | None, val_size: int) 
         nonlocal paused
         tick = time.perf_counter()
         row = {"epoch": epoch, "val_acc": metrics["val_acc"], "train_loss": metrics["train_loss"],
-               "test_acc": test_accuracy(model, normalize, data.test_x, data.test_y, False),
-               "test_acc_flip": test_accuracy(model, normalize, data.test_x, data.test_y, True),
+               "test_acc": accuracy_on(model, normalize, data.test_x, data.test_y, False),
+               "test_acc_flip": accuracy_on(model, normalize, data.test_x, data.test_y, True),
                "seconds": round(tick - start - paused, 1)}
         curve.append(row)
         print(f"  ours epoch {epoch}/{recipe.epochs}  test {row['test_acc']:.4f}  with flip "
