@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
@@ -29,6 +30,7 @@ RUN_STATUS = {"COMPLETE": "FINISHED", "REUSED": "FINISHED", "INFEASIBLE": "FINIS
 LOGGED_ARTIFACTS = "mlflow.loggedArtifacts"  # which artifacts the UI renders as tables
 MAX_PARAM = 6000  # MLflow's limit on a param value
 SEARCH_PAGE = 10_000  # runs per search_runs page (MLflow allows up to 50,000)
+REVIEW_TAGS = ("pareto", "pareto_rank")  # a child's tags that the study's review writes
 NEW_RUNS_ONE_BY_ONE = 50  # more new trial runs than this since a review: one search instead
 
 
@@ -65,6 +67,7 @@ class StudyRuns:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         self.client = MlflowClient(tracking_uri=uri)
+        self.uri = uri
         self.study = study
         self._seen: dict[str, dict[str, Any]] = {}  # trial runs: what review saw or wrote
         self._files: dict[tuple[str, str], int] = {}  # (run, file) -> hash of the last upload
@@ -153,32 +156,33 @@ class StudyRuns:
 
     def _children(self, run_ids: list[str]) -> dict[str, dict[str, Any]]:
         """The Pareto tags and status of these trial runs, as this object last saw or wrote
-        them. Only its own review writes those tags, so what it saw stays true: one paged
-        search the first time (a get_run each took 25 s for a study of 5,000 trials, the
-        search 4 s), then only the runs that are new since (a worker's new trials)."""
+        them. Only its own review writes those tags, so what it saw stays true: all of them
+        read once (the first review of a driver), then only the runs that are new since (a
+        worker's new trials)."""
         new = [r for r in run_ids if r not in self._seen]
         if len(new) > NEW_RUNS_ONE_BY_ONE:
-            runs = self._trial_runs()
+            self._seen.update(self._trial_runs())
         else:
-            runs = {}
             for run_id in new:
                 try:
-                    runs[run_id] = self.client.get_run(run_id)
+                    self._seen[run_id] = _seen(self.client.get_run(run_id))
                 except MlflowException:  # deleted, or on another tracking server
                     pass
-        for run_id, run in runs.items():
-            self._seen[run_id] = {"status": run.info.status, "tags": {
-                k: run.data.tags[k] for k in ("pareto", "pareto_rank") if k in run.data.tags}}
         return self._seen
 
-    def _trial_runs(self) -> dict[str, Any]:
-        """The study's trial runs by id, one search a page."""
+    def _trial_runs(self) -> dict[str, dict[str, Any]]:
+        """The status and Pareto tags of all the study's trial runs, by id. From a database
+        store, one SELECT of the two tables (MLflow's search built ~75,000 ORM objects for a
+        study of 5,000 trials: 3.5 s, against 0.05 s); from a server, its paged search."""
+        found = _trial_runs_in_database(self.uri, self.experiment_id)
+        if found is not None:
+            return found
         found, token = {}, None
         while True:
             page = self.client.search_runs([self.experiment_id],
                                            filter_string=f"tags.`{ROLE}` = 'trial'",
                                            max_results=SEARCH_PAGE, page_token=token)
-            found.update((run.info.run_id, run) for run in page)
+            found.update((run.info.run_id, _seen(run)) for run in page)
             token = page.token
             if not token:
                 return found
@@ -283,6 +287,46 @@ class StudyRuns:
                 path.write_bytes(content if isinstance(content, bytes) else content.encode())
                 self.client.log_artifact(run_id, str(path))
                 self._files[(run_id, name)] = digest
+
+
+def _seen(run) -> dict[str, Any]:
+    """What a review compares with: a run's status and Pareto tags."""
+    return {"status": run.info.status,
+            "tags": {k: run.data.tags[k] for k in REVIEW_TAGS if k in run.data.tags}}
+
+
+def _trial_runs_in_database(uri: str, experiment_id: str) -> dict[str, dict[str, Any]] | None:
+    """`_seen` of every active trial run of the experiment, read from the tables of MLflow's
+    database store (`runs`, `tags`: their shape has held since MLflow 1.x, and a test checks
+    this against MLflow's own search); None for a tracking server or a schema it cannot
+    read."""
+    if urlsplit(uri).scheme.split("+")[0] not in ("sqlite", "postgresql", "mysql", "mssql"):
+        return None
+    from sqlalchemy import bindparam, create_engine, text
+    from sqlalchemy.exc import SQLAlchemyError
+    from sqlalchemy.pool import NullPool
+
+    query = text("SELECT r.run_uuid, r.status, t.key, t.value FROM runs r "
+                 "JOIN tags role ON role.run_uuid = r.run_uuid AND role.key = :role "
+                 "AND role.value = 'trial' "
+                 "LEFT JOIN tags t ON t.run_uuid = r.run_uuid AND t.key IN :keys "
+                 "WHERE r.experiment_id = :experiment AND r.lifecycle_stage = 'active'"
+                 ).bindparams(bindparam("keys", expanding=True))
+    engine = create_engine(uri, poolclass=NullPool)
+    try:
+        with engine.connect() as db:
+            rows = db.execute(query, {"role": ROLE, "keys": list(REVIEW_TAGS),
+                                      "experiment": int(experiment_id)}).all()
+    except SQLAlchemyError:
+        return None
+    finally:
+        engine.dispose()
+    found: dict[str, dict[str, Any]] = {}
+    for run_id, status, key, value in rows:
+        seen = found.setdefault(run_id, {"status": status, "tags": {}})
+        if key is not None:
+            seen["tags"][key] = value
+    return found
 
 
 def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

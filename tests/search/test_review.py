@@ -4,6 +4,8 @@ the hypervolume curve kept incrementally agrees with the hypervolume recomputed 
 import random
 from dataclasses import replace
 
+import pytest
+
 from optuna.distributions import IntDistribution
 from optuna.trial import TrialState, create_trial
 
@@ -12,7 +14,8 @@ from search.study.record import TrialRecord
 from search.study.results import hypervolume, ranked_trials, status
 from search.study.spec import build_spec
 from search.study.studies import create_or_resume, load_spec
-from tracking.runs import StudyRuns
+from tests.helpers import mlflow_test_db
+from tracking.runs import StudyRuns, _trial_runs_in_database
 
 
 def test_the_hypervolume_curve_is_the_hypervolume_of_each_prefix(tmp_path):
@@ -77,3 +80,37 @@ def test_a_driver_refresh_follows_the_front_from_what_it_saw(tmp_path):
     runs.client.set_tag(first, "pareto", "edited")
     refresh(study, runs)  # nothing started or finished since: nothing read or written
     assert tags(first)["pareto"] == "edited"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def tracking_db(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/mlflow.db"
+    url = mlflow_test_db()
+    from sqlalchemy import create_engine, text
+    with create_engine(url).begin() as db:  # a store of its own: MLflow makes its tables
+        db.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    return url
+
+
+def test_a_cold_review_reads_the_children_from_the_tables_as_mlflows_search_does(tracking_db):
+    """A driver's first review reads every trial run's status and Pareto tags with one
+    SELECT of MLflow's tables: the same as MLflow's own search (deleted runs, the parent,
+    other studies' runs and tags that are not the review's left out)."""
+    runs, other = StudyRuns(tracking_db, "cold"), StudyRuns(tracking_db, "other")
+    parent = runs.parent()
+    made = [runs.start_trial(f"t{n}", n, {"x": n}, {"pareto": "true"} if n % 3 == 0 else {},
+                             parent) for n in range(7)]
+    runs.client.set_tag(made[1], "pareto_rank", "2")
+    runs.end_trial(made[2], "PRUNED", "rung 1", {"val_acc": 0.1}, {}, {})
+    runs.client.delete_run(made[4])
+    other.start_trial("t0", 0, {"x": 0}, {"pareto": "true"}, other.parent())
+    by_sql = _trial_runs_in_database(tracking_db, runs.experiment_id)
+    by_search = {r.info.run_id: {"status": r.info.status, "tags": {
+        k: r.data.tags[k] for k in ("pareto", "pareto_rank") if k in r.data.tags}}
+        for r in runs.client.search_runs([runs.experiment_id], "tags.`patchnas.role` = 'trial'")}
+    assert by_sql == by_search
+    assert set(by_sql) == set(made) - {made[4]}
+    assert by_sql[made[1]]["tags"] == {"pareto_rank": "2"} and by_sql[made[3]]["tags"] == {
+        "pareto": "true"} and by_sql[made[2]]["status"] == "KILLED"
+    assert _trial_runs_in_database("http://127.0.0.1:1", runs.experiment_id) is None
