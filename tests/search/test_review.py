@@ -5,7 +5,6 @@ import random
 from dataclasses import replace
 
 import pytest
-
 from optuna.distributions import IntDistribution
 from optuna.trial import TrialState, create_trial
 
