@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def _bare_worker(url: str, name: str, n: int, sleep_s: float, seed: int) -> None:
+def _bare_worker(url: str, name: str, n: int, sleep_s: float, seed: int, start) -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -46,10 +46,12 @@ def _bare_worker(url: str, name: str, n: int, sleep_s: float, seed: int) -> None
         time.sleep(sleep_s)
         return 0.5, 1.0
 
+    start.wait()
     study.optimize(objective, n_trials=n)
 
 
-def _ours_worker(url: str, name: str, sleep_s: float, workspace: str, seed: int) -> None:
+def _ours_worker(url: str, name: str, sleep_s: float, workspace: str, seed: int,
+                 start) -> None:
     import optuna
 
     from search.backends.worker import make_runner, run_trials
@@ -59,12 +61,17 @@ def _ours_worker(url: str, name: str, sleep_s: float, workspace: str, seed: int)
                                 log=lambda message: None, trainer=ZeroCostTrainer(sleep_s),
                                 device_data=zero_data())
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # after the storage set it to WARNING
+    start.wait()
     run_trials(study, runner)
 
 
 def _run(target, args_of, n: int) -> None:
+    """`n` processes of `target`; each waits for the others' start-up (imports, opening the
+    study) before its first trial: on 2 cores, 32 processes importing torch while the first
+    ones run trials measured the imports (patchnas's are heavier), not coordination."""
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=target, args=args_of(i)) for i in range(n)]
+    start = ctx.Barrier(n)
+    procs = [ctx.Process(target=target, args=(*args_of(i), start)) for i in range(n)]
     for p in procs:
         p.start()
     for p in procs:
@@ -75,8 +82,7 @@ def _run(target, args_of, n: int) -> None:
 
 
 def _span(trials) -> float:
-    """Seconds from the first trial's start to the last one's end: the workers' start-up
-    (patchnas imports torch; bare Optuna does not) is not coordination."""
+    """Seconds from the first trial's start to the last one's end."""
     done = [t for t in trials if t.datetime_complete and t.datetime_start]
     return (max(t.datetime_complete for t in done)
             - min(t.datetime_start for t in done)).total_seconds()

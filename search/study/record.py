@@ -356,9 +356,12 @@ def _read_trials(storage: optuna.storages.RDBStorage, study_id: int, states: Any
             built[tid]["steps"][step] = (models.TrialIntermediateValueModel
                                          .stored_repr_to_intermediate_value(value, kind))
     for table, key in ((user, "user"), (system, "system")):
-        for tid, name, text in table:
-            if tid in built:
-                built[tid][key][name] = json.loads(text)
+        kept = [row for row in table if row[0] in built]
+        # one parse of all the values as a JSON array: 13 json.loads a trial were a third
+        # of reading 5,000 trials
+        for (tid, name, _), value in zip(kept, json.loads(
+                "[" + ",".join(text for _, _, text in kept) + "]"), strict=True):
+            built[tid][key][name] = value
     return [optuna.trial.FrozenTrial(
         number=h.number, state=h.state, value=None,
         values=[b["values"][i] for i in range(len(b["values"]))] if b["values"] else None,

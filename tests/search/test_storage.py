@@ -71,3 +71,16 @@ def test_sqlite_connections_log_ahead_and_commit_without_waiting_for_the_disk(tm
     reopened = optuna.load_study(study_name=study.study_name,
                                  storage=_storage("sqlite", tmp_path))
     assert len(reopened.trials) == 3
+
+
+def test_postgresql_connections_commit_without_waiting_for_the_disk(tmp_path):
+    storage = _storage("postgresql", tmp_path)
+    for _ in range(2):  # the first connection and a later one from the pool
+        with storage.engine.connect() as connection:
+            assert connection.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
+            connection.rollback()
+    study = optuna.create_study(storage=storage, study_name=f"sync-{tmp_path.name}")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    reopened = optuna.load_study(study_name=study.study_name,
+                                 storage=_storage("postgresql", tmp_path))
+    assert len(reopened.trials) == 3
