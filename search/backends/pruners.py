@@ -100,8 +100,12 @@ def rung_keeps(points: Sequence[Sequence[float]], own: int, eta: int,
 
 def rung_vector(objectives: Sequence[Objective], accuracy: float,
                 costs: dict[str, float]) -> list[float]:
-    """Minimization vector of a trial at a rung (`accuracy`: its score, higher is better)."""
-    return [-accuracy if o.metric == "val_acc" else float(costs[o.metric])
+    """Minimization vector of a trial at a rung (`accuracy`: its score, higher is better).
+    Costs are on a log scale, as in the study's hypervolume (objectives.normalize): the
+    crowding distance that orders a rung's front then spaces its points as the hypervolume
+    weighs them (on raw costs it saw only the gaps between the largest nets)."""
+    return [-accuracy if o.metric == "val_acc" else math.log10(max(float(costs[o.metric]),
+                                                                   1e-12))
             for o in objectives]
 
 

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from search.backends.pruners import rung_keeps
+from search.backends.pruners import rung_keeps, rung_vector
 from search.study.objectives import normalize, normalized_hypervolume, parse_objectives
 from search.study.pareto import (
     crowding_distances,
@@ -110,6 +110,20 @@ def test_rung_keeps_the_best_third_and_on_request_its_front(keep_front):
     kept = [i for i in range(6) if rung_keeps(front, i, 3, keep_front)]
     assert kept == ([0, 1, 2] if keep_front else [0, 2])
     assert all(rung_keeps(pts[:2], i, 3, keep_front) for i in range(2))  # too few to halve
+
+
+def test_a_rung_spaces_its_front_on_log_costs_as_the_hypervolume_does():
+    """Six nets on the front (accuracy grows with params) and two dominated ones; a rung of
+    eta 2 keeps four: the two ends, then the two most isolated by crowding distance. On log
+    params (the hypervolume's scale) the small net beside the smallest one is isolated; on raw
+    params the gaps between the largest nets hid it."""
+    objs = parse_objectives("val_acc:max,params:min")
+    nets = [(0.45, 1e4), (0.51, 1.05e4), (0.60, 1e5), (0.70, 8e5), (0.705, 9e5), (0.71, 1e6),
+            (0.40, 5e5), (0.30, 7e5)]
+    points = [rung_vector(objs, acc, {"params": params}) for acc, params in nets]
+    assert [i for i in range(8) if rung_keeps(points, i, 2)] == [0, 1, 2, 5]
+    raw = [(-acc, params) for acc, params in nets]
+    assert [i for i in range(8) if rung_keeps(raw, i, 2)] == [0, 2, 3, 5]  # what it was
 
 
 def _study_with_twins(rng):
