@@ -79,7 +79,7 @@ def test_postgresql_connections_commit_without_waiting_for_the_disk(tmp_path):
         with storage.engine.connect() as connection:
             assert connection.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
             connection.rollback()
-    study = optuna.create_study(storage=storage, study_name=f"sync-{tmp_path.name}")
+    study = optuna.create_study(storage=storage, study_name=f"sync-{uuid.uuid4().hex[:8]}")
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
     reopened = optuna.load_study(study_name=study.study_name,
                                  storage=_storage("postgresql", tmp_path))
