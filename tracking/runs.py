@@ -312,7 +312,10 @@ def _trial_runs_in_database(uri: str, experiment_id: str) -> dict[str, dict[str,
                  "LEFT JOIN tags t ON t.run_uuid = r.run_uuid AND t.key IN :keys "
                  "WHERE r.experiment_id = :experiment AND r.lifecycle_stage = 'active'"
                  ).bindparams(bindparam("keys", expanding=True))
-    engine = create_engine(uri, poolclass=NullPool)
+    try:
+        engine = create_engine(uri, poolclass=NullPool)
+    except (SQLAlchemyError, ImportError):  # a driver MLflow names differently
+        return None
     try:
         with engine.connect() as db:
             rows = db.execute(query, {"role": ROLE, "keys": list(REVIEW_TAGS),
