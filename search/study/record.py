@@ -330,6 +330,8 @@ def _read_trials(storage: optuna.storages.RDBStorage, study_id: int, states: Any
         heads = session.execute(sqlalchemy.select(
             trial.c.trial_id, trial.c.number, trial.c.state, trial.c.datetime_start,
             trial.c.datetime_complete).where(where).order_by(trial.c.trial_id)).all()
+        if not heads:  # nothing new nor unfinished (most reads of a worker's loop): done
+            return []
         params = rows(models.TrialParamModel, "param_name", "param_value", "distribution_json")
         values = rows(models.TrialValueModel, "objective", "value", "value_type")
         steps = rows(models.TrialIntermediateValueModel, "step", "intermediate_value",
