@@ -70,6 +70,7 @@ class TrialRunner:
         self.child: str | None = None
         self.resumed_curve: list[dict[str, float]] = []
         self.discarded = False  # whether the last trial was discarded (surplus or a twin)
+        self.trial: optuna.Trial | None = None  # the trial being run (or last run)
         self.run_tags = _provenance_tags() if runs is not None else {}
         self.checkpoints = workspace / "checkpoints" / spec.name
         self.log = log
@@ -83,7 +84,7 @@ class TrialRunner:
                                                        spec.max_latency_ms))
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
-        self.child, self.resumed_curve, self.discarded = None, [], False
+        self.child, self.resumed_curve, self.discarded, self.trial = None, [], False, trial
         try:
             return self._run(trial)
         except Discarded:
@@ -103,6 +104,16 @@ class TrialRunner:
         finally:
             if self.child is not None:
                 self._end_child(trial)
+
+    def finished_elsewhere(self) -> bool:
+        """Whether the trial it ran was told by another process meanwhile: failed by another
+        worker's stale-heartbeat check while this one, starved of CPU, missed its
+        heartbeats (Optuna then refuses this worker's own tell)."""
+        if self.trial is None:
+            return False
+        number = self.trial.number  # the read brings the study's unfinished trials anew
+        return any(t.number == number and t.state.is_finished()
+                   for t in self.study.get_trials(deepcopy=False))
 
     def _run(self, trial: optuna.Trial) -> list[float]:
         spec = self.spec

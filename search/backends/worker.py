@@ -117,11 +117,15 @@ def run_trials(study: optuna.Study, runner: TrialRunner, parent: int | None = No
         try:
             study.optimize(runner, n_trials=1, catch=(TrialFailed, Discarded),
                            gc_after_trial=False)
-        except BaseException:
+        except BaseException as err:
             if STOPPING:  # the signal may land outside the runner's own handling (inside
                 _end_own_trials(study)  # Optuna's tell, say): leave no trial of ours RUNNING
                 raise KeyboardInterrupt from None
-            raise
+            if not isinstance(err, Exception) or not runner.finished_elsewhere():
+                raise
+            # its retry is queued by the worker that failed it; this one goes on
+            runner.log(f"trial {runner.trial.number} was failed by another worker (its "
+                       f"heartbeat looked stale) while this one ran it: going on")
         discarded = discarded + 1 if runner.discarded else 0
         ran += 1
 

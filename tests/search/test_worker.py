@@ -176,3 +176,38 @@ def test_a_resumed_study_continues_the_search_instead_of_replaying_it(tmp_path, 
     trials = load_study("w", url).trials
     first, second = [t.params for t in trials[:2]], [t.params for t in trials[2:4]]
     assert first != second and second[0] != first[0]
+
+
+def test_a_trial_failed_by_another_worker_while_it_ran_does_not_stop_this_one(tmp_path):
+    """Another worker's stale-heartbeat check may fail a trial whose worker, starved of CPU,
+    missed its heartbeats; Optuna then refuses that worker's own tell. The worker says so and
+    goes on with the budget (it crashed before: "Cannot tell a FAIL trial")."""
+    from search.backends.worker import make_runner, run_trials
+    from trainers.zero import ZeroCostTrainer, zero_data
+
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    spec = build_spec("stale", {"epochs": 1, "pruner": "none", "sampler": "random"}, None,
+                      "zero")
+    create_or_resume(replace(spec, data_hash="zero"), url, 4)
+    other = optuna.storages.RDBStorage(url)  # another worker's handle on the storage
+
+    class FailedMeanwhile(ZeroCostTrainer):
+        failed: list[int] = []
+
+        def fit(self, *args, **kwargs):
+            if not self.failed:  # the first trial: failed by the other worker while it runs
+                running = [t for t in load_study("stale", url).trials
+                           if t.state == TrialState.RUNNING]
+                other.set_trial_state_values(running[0]._trial_id, TrialState.FAIL)
+                self.failed.append(running[0].number)
+            return super().fit(*args, **kwargs)
+
+    said = []
+    study, runner = make_runner("stale", url, workspace=tmp_path, log=said.append,
+                                trainer=FailedMeanwhile(), device_data=zero_data())
+    run_trials(study, runner)
+    assert any(f"trial {FailedMeanwhile.failed[0]} was failed by another worker" in line
+               for line in said)
+    trials = load_study("stale", url).trials
+    assert trials[FailedMeanwhile.failed[0]].state == TrialState.FAIL
+    assert sum(state_of(t) == "COMPLETE" for t in trials) == 4  # the budget, trained
