@@ -76,6 +76,7 @@ def main() -> None:
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         workspace = Path(args.workspace or tmp).resolve()
+        workspace.mkdir(parents=True, exist_ok=True)  # a --workspace not made yet
         tag = time.strftime("%H%M%S")
         runs = [one_study(f"full-{tag}", args, workspace, "none", "last")]
         for pruner in args.pruners.split(","):
