@@ -34,7 +34,7 @@ from optuna.trial import TrialState
 
 from search.study import estimators
 from search.study.estimators import Curve
-from search.study.objectives import Objective
+from search.study.objectives import Objective, log_cost
 from search.study.pareto import nondominated_ranks, nsga2_order
 from search.study.record import TrialRecord
 from search.study.spec import StudySpec
@@ -101,11 +101,10 @@ def rung_keeps(points: Sequence[Sequence[float]], own: int, eta: int,
 def rung_vector(objectives: Sequence[Objective], accuracy: float,
                 costs: dict[str, float]) -> list[float]:
     """Minimization vector of a trial at a rung (`accuracy`: its score, higher is better).
-    Costs are on a log scale, as in the study's hypervolume (objectives.normalize): the
+    Costs are on the study hypervolume's log scale (objectives.log_cost): the
     crowding distance that orders a rung's front then spaces its points as the hypervolume
     weighs them (on raw costs it saw only the gaps between the largest nets)."""
-    return [-accuracy if o.metric == "val_acc" else math.log10(max(float(costs[o.metric]),
-                                                                   1e-12))
+    return [-accuracy if o.metric == "val_acc" else log_cost(costs[o.metric])
             for o in objectives]
 
 

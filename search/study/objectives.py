@@ -55,6 +55,11 @@ def parse_objectives(text: str | Sequence[str]) -> tuple[Objective, ...]:
     return tuple(out)
 
 
+def log_cost(value: float) -> float:
+    """A cost on the scale the hypervolume weighs it (log10; 0 kept finite)."""
+    return math.log10(max(float(value), 1e-12))
+
+
 def normalize(objectives: Sequence[Objective], values: Sequence[float],
               bounds: Mapping[str, tuple[float, float]]) -> list[float]:
     """Objective values -> [0, 1] each, 0 best (see the module docstring)."""
@@ -64,7 +69,7 @@ def normalize(objectives: Sequence[Objective], values: Sequence[float],
             out.append(min(1.0, max(0.0, 1.0 - value)))
             continue
         lo, hi = bounds[objective.metric]
-        lo, hi, value = (math.log10(max(v, 1e-12)) for v in (lo, hi, value))
+        lo, hi, value = (log_cost(v) for v in (lo, hi, value))
         out.append(0.0 if hi <= lo else min(1.0, max(0.0, (value - lo) / (hi - lo))))
     return out
 
