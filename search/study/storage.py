@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import sqlite3
@@ -55,7 +56,7 @@ def open_storage(url: str, heartbeat: bool = True,
             _write_ahead_log(path)
         engine_kwargs = {"connect_args": {"timeout": 60}}
     else:  # a server that does not answer is an error after seconds, not a hang
-        engine_kwargs = {"pool_pre_ping": True}
+        engine_kwargs = {}
         if url.startswith(("postgresql", "mysql")):
             engine_kwargs["connect_args"] = {"connect_timeout": int(CONNECT_SECONDS)}
         if url.startswith("postgresql"):
@@ -73,6 +74,8 @@ def open_storage(url: str, heartbeat: bool = True,
             storage = TrialReadingRDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
             if url.startswith("sqlite"):
                 _sync_normally(storage.engine)
+            else:
+                _ping_when_idle(storage.engine)
             return storage
         except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, OSError) as err:
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -120,6 +123,39 @@ def _sync_normally(engine: sqlalchemy.engine.Engine) -> None:
         connection.execute("PRAGMA synchronous=NORMAL")
     sqlalchemy.event.listen(engine, "connect", on_connect)
     engine.dispose()  # the connections made while Optuna built the schema: without it
+
+
+# a pooled server connection unused this long is tested before use
+IDLE_PING_SECONDS = 5.0
+
+
+def _ping_when_idle(engine: sqlalchemy.engine.Engine) -> None:
+    """Test a pooled connection before use only when it sat idle for IDLE_PING_SECONDS: a
+    restarted server or a dropped idle connection is then noticed (the pool opens a new one)
+    instead of failing the next statement. SQLAlchemy's `pool_pre_ping` tests it at every
+    use: a trial opens ~18 sessions, and the pings were a third of a zero-cost trial's time
+    on PostgreSQL (82 ms against 55 ms without). A worker's busy loop reuses its connections
+    within milliseconds; a server that fails under it fails one statement, and SQLAlchemy
+    then renews the whole pool."""
+    def on_checkin(_connection, record):
+        record.info["idle_since"] = time.monotonic()
+
+    def on_checkout(connection, record, _proxy):
+        if time.monotonic() - record.info.get("idle_since", math.inf) > IDLE_PING_SECONDS:
+            _ping(connection)
+    sqlalchemy.event.listen(engine, "checkin", on_checkin)
+    sqlalchemy.event.listen(engine, "checkout", on_checkout)
+
+
+def _ping(connection) -> None:
+    """Raise DisconnectionError (the pool then retries with a new connection) unless the
+    DBAPI `connection` answers."""
+    try:
+        with contextlib.closing(connection.cursor()) as cursor:
+            cursor.execute("SELECT 1")
+        connection.rollback()  # the ping opened a transaction: leave none behind
+    except Exception as err:
+        raise sqlalchemy.exc.DisconnectionError(str(err)) from err
 
 
 def quiet_optuna() -> None:

@@ -84,3 +84,33 @@ def test_postgresql_connections_commit_without_waiting_for_the_disk(tmp_path):
     reopened = optuna.load_study(study_name=study.study_name,
                                  storage=_storage("postgresql", tmp_path))
     assert len(reopened.trials) == 3
+
+
+def test_postgresql_renews_a_dropped_idle_connection_and_pings_only_idle_ones(tmp_path,
+                                                                            monkeypatch):
+    import sqlalchemy
+
+    from search.study import storage as storage_module
+
+    storage = _storage("postgresql", tmp_path)
+    study = optuna.create_study(storage=storage, study_name=f"ping-{uuid.uuid4().hex[:8]}")
+    storage.engine.dispose()  # from here on the pool holds one connection
+    pings = []
+    ping = storage_module._ping
+    monkeypatch.setattr(storage_module, "_ping", lambda c: (pings.append(1), ping(c)))
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    assert pings == []  # connections in use every few ms are not tested before each use
+    with storage.engine.connect() as connection:
+        pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        connection.rollback()
+    # the server drops the pooled connection while it sits idle (a restart, a proxy's
+    # idle timeout); its next use finds it dead and opens a new one instead of failing
+    with sqlalchemy.create_engine(postgres_url()).connect() as admin:
+        assert admin.exec_driver_sql(f"SELECT pg_terminate_backend({pid})").scalar()
+    monkeypatch.setattr(storage_module, "IDLE_PING_SECONDS", 0.0)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    assert pings
+    with storage.engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT pg_backend_pid()").scalar() != pid
+        connection.rollback()
+    assert len(optuna.load_study(study_name=study.study_name, storage=storage).trials) == 3
