@@ -13,7 +13,7 @@ All use of Optuna's private API lives here too, each with the public way as a fa
   - `system_attrs`: a live trial's system attributes as of `ask()` (the retry mark);
   - `claim_architecture`: one INSERT into Optuna's study-attribute table, whose unique key
     makes the claim atomic across processes and hosts (`_study_id`, `_rdb.models`);
-  - `budget_attrs`: the budget, the space's size and the claim count in two statements;
+  - `budget_attrs`: the budget, the space's size and the claim count in one statement;
   - `TrialReadingRDBStorage`: all trials in six plain SELECTs (`RDBStorage._get_trials`).
 tests/search/test_record.py fails when Optuna moves any of them (optuna is pinned < 6).
 """
@@ -157,7 +157,7 @@ def set_space_size(study: optuna.Study, size: float, only_if_unset: bool = False
 
 def budget_attrs(study: optuna.Study) -> tuple[int, float, int]:
     """(the trial budget, the space's size, how many architectures are claimed), read
-    before every trial. On an RDB storage two small statements (the two keys, and a count
+    before every trial. On an RDB storage one small statement (the two keys, and a count
     of the claim keys): the whole attribute table holds a claim per architecture and grows
     with the study, so reading it all cost a worker more per trial the longer it ran."""
     backend = _rdb_backend(study)
@@ -165,15 +165,20 @@ def budget_attrs(study: optuna.Study) -> tuple[int, float, int]:
         attrs = study.user_attrs
         return trial_budget(study, attrs), space_size(study, attrs), len(claims(study, attrs))
     from optuna.storages._rdb import models
-    from optuna.storages._rdb.storage import _create_scoped_session
 
     table = models.StudyUserAttributeModel.__table__
     mine = table.c.study_id == study._study_id
-    with _create_scoped_session(backend.scoped_session) as session:
-        values = dict(session.execute(sqlalchemy.select(table.c.key, table.c.value_json).where(
-            mine & table.c.key.in_((StudyKey.BUDGET, StudyKey.SPACE_SIZE)))).all())
-        claimed = session.execute(sqlalchemy.select(sqlalchemy.func.count()).where(
-            mine & table.c.key.startswith(StudyKey.CLAIM + ".", autoescape=True))).scalar_one()
+
+    def value(key: str) -> Any:
+        return sqlalchemy.select(table.c.value_json).where(
+            mine & (table.c.key == key)).scalar_subquery()
+    count = sqlalchemy.select(sqlalchemy.func.count()).where(
+        mine & table.c.key.startswith(StudyKey.CLAIM + ".", autoescape=True)).scalar_subquery()
+    with autocommit(backend).connect() as connection:  # one statement, one round trip
+        total, size, claimed = connection.execute(sqlalchemy.select(
+            value(StudyKey.BUDGET), value(StudyKey.SPACE_SIZE), count)).one()
+    values = {k: v for k, v in ((StudyKey.BUDGET, total), (StudyKey.SPACE_SIZE, size))
+              if v is not None}
     attrs = {k: json.loads(v) for k, v in values.items()}
     return trial_budget(study, attrs), space_size(study, attrs), claimed
 
@@ -259,27 +264,24 @@ def claim(study: optuna.Study, key: str, value: Any, replacing: Any = None) -> A
             return value
         return held
     from optuna.storages._rdb import models
-    from optuna.storages._rdb.storage import _create_scoped_session
 
     table = models.StudyUserAttributeModel.__table__
     where = (table.c.study_id == study._study_id) & (table.c.key == key)
-    try:  # a key already claimed raises IntegrityError, at the statement or the commit
-        with _create_scoped_session(backend.scoped_session) as session:
+    # each statement commits by itself: the claim is one round trip
+    with autocommit(backend).connect() as connection:
+        try:  # a key already claimed raises IntegrityError
             if replacing is None:
-                session.execute(table.insert().values(study_id=study._study_id, key=key,
-                                                      value_json=json.dumps(value)))
-                won = True
-            else:
-                won = session.execute(table.update().where(
+                connection.execute(table.insert().values(study_id=study._study_id, key=key,
+                                                         value_json=json.dumps(value)))
+                return value  # the statement took the claim: nothing to read back
+            if connection.execute(table.update().where(
                     where & (table.c.value_json == json.dumps(replacing)))
-                    .values(value_json=json.dumps(value))).rowcount == 1
-        if won:  # the statement took the claim: nothing to read back
-            return value
-    except sqlalchemy.exc.IntegrityError:
-        pass  # claimed by another process first
-    with _create_scoped_session(backend.scoped_session) as session:
-        return json.loads(session.execute(sqlalchemy.select(table.c.value_json)
-                                          .where(where)).scalar_one())
+                    .values(value_json=json.dumps(value))).rowcount == 1:
+                return value
+        except sqlalchemy.exc.IntegrityError:
+            pass  # claimed by another process first
+        return json.loads(connection.execute(sqlalchemy.select(table.c.value_json)
+                                             .where(where)).scalar_one())
 
 
 # --- Optuna's private API, with the public way as fallback -------------------------------
@@ -307,7 +309,6 @@ def _read_trials(storage: optuna.storages.RDBStorage, study_id: int, states: Any
                  included: set[int], greater_than: int) -> list[optuna.trial.FrozenTrial]:
     from optuna.distributions import json_to_distribution
     from optuna.storages._rdb import models
-    from optuna.storages._rdb.storage import _create_scoped_session
 
     trial = models.TrialModel.__table__
     where = trial.c.study_id == study_id
@@ -325,12 +326,17 @@ def _read_trials(storage: optuna.storages.RDBStorage, study_id: int, states: Any
                                .where(table.c.trial_id.in_(chosen))
                                .order_by(*table.primary_key.columns)).all()
 
-    with _create_scoped_session(storage.scoped_session) as session:
-        models.StudyModel.find_or_raise_by_id(study_id, session)
+    # plain reads, each statement its own snapshot (PostgreSQL's READ COMMITTED gave the
+    # same in a transaction): no BEGIN and COMMIT round trips
+    with autocommit(storage).connect() as session:
         heads = session.execute(sqlalchemy.select(
             trial.c.trial_id, trial.c.number, trial.c.state, trial.c.datetime_start,
             trial.c.datetime_complete).where(where).order_by(trial.c.trial_id)).all()
-        if not heads:  # nothing new nor unfinished (most reads of a worker's loop): done
+        if not heads:  # nothing new nor unfinished (most reads of a worker's loop): done,
+            study = models.StudyModel.__table__  # once the study is known to exist
+            if session.execute(sqlalchemy.select(study.c.study_id).where(
+                    study.c.study_id == study_id)).first() is None:
+                raise KeyError(f"No study with study_id {study_id} exists.")
             return []
         params = rows(models.TrialParamModel, "param_name", "param_value", "distribution_json")
         values = rows(models.TrialValueModel, "objective", "value", "value_type")
@@ -405,13 +411,15 @@ def original_number(t: Any) -> int:
 
 
 def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
-    """Several user attributes of a running trial in one statement and one transaction.
+    """Several user attributes of a running trial in one statement, one round trip.
 
     Optuna commits each `set_user_attr` alone, and even within one transaction its writer
     reloads the trial for every row (about 1.5 ms each on SQLite); a trial writes a dozen:
     most of the search's own overhead. On SQLite and PostgreSQL they go in as one upsert
-    (the same statement Optuna's writer issues, for all rows at once); elsewhere, or if
-    Optuna's internals move, one by one through the public API."""
+    that reads the rows from one JSON parameter and writes them only while the trial is
+    unfinished (Optuna's own check, in the same statement: a separate SELECT, BEGIN and
+    COMMIT were three more round trips to a server); elsewhere, or if Optuna's internals
+    move, one by one through the public API."""
     if not attrs:
         return
     upsert, backend, cached = fast_path(trial)
@@ -419,33 +427,55 @@ def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         return
-    from optuna.storages._rdb.storage import _create_scoped_session
-
     tid = trial_id(trial)
-    rows = [{"trial_id": tid, "key": key, "value_json": json.dumps(value)}
-            for key, value in attrs.items()]
-    state_of_trial, write_rows = _attr_statements(upsert)
-    with _create_scoped_session(backend.scoped_session, True) as session:
-        state = session.execute(state_of_trial, {"tid": tid}).scalar_one()
-        backend.check_trial_is_updatable(tid, state)
-        session.execute(write_rows, rows)  # SQLAlchemy sends the rows as one statement
+    rows = json.dumps({key: json.dumps(value) for key, value in attrs.items()})
+    with autocommit(backend).connect() as connection:  # one statement: atomic by itself
+        written = connection.execute(_attr_statement(upsert, backend.engine.dialect.name),
+                                     {"tid": tid, "rows": rows})
+    if written.rowcount != len(attrs):  # the trial is finished: Optuna's own error
+        backend.check_trial_is_updatable(tid, backend.get_trial(tid).state)
+        raise AssertionError(f"trial {trial.number}: {written.rowcount} of {len(attrs)} "
+                             f"attributes written")
     cached.user_attrs.update(attrs)  # what trial.user_attrs shows, as set_user_attr does
 
 
 @functools.cache
-def _attr_statements(upsert) -> tuple[Any, Any]:
-    """set_user_attrs's two statements, built once with their values as parameters: built
-    anew with the values inside, SQLAlchemy coerced and hashed every value of every write
-    (a third of a zero-cost trial's time in the worker)."""
+def _attr_statement(upsert, dialect: str) -> Any:
+    """set_user_attrs's statement, built once with its values as parameters (built anew
+    with the values inside, SQLAlchemy coerced and hashed every value of every write):
+
+        INSERT INTO trial_user_attributes (trial_id, key, value_json)
+        SELECT trials.trial_id, attrs.key, attrs.value
+        FROM trials JOIN json_each(:rows) AS attrs ON true
+        WHERE trials.trial_id = :tid AND trials.state IN ('RUNNING', 'WAITING')
+        ON CONFLICT (trial_id, key) DO UPDATE SET value_json = excluded.value_json
+    """
     from optuna.storages._rdb import models
+    from optuna.trial import TrialState
 
     trials, table = models.TrialModel.__table__, models.TrialUserAttributeModel.__table__
-    state = sqlalchemy.select(trials.c.state).where(
-        trials.c.trial_id == sqlalchemy.bindparam("tid"))
-    statement = upsert(table)
-    return state, statement.on_conflict_do_update(
+    rows = sqlalchemy.bindparam("rows", type_=sqlalchemy.Text)
+    if dialect == "sqlite":
+        attrs = sqlalchemy.func.json_each(rows)
+    else:  # a string's value without its quotes, as SQLite's json_each gives it
+        attrs = sqlalchemy.func.json_each_text(sqlalchemy.cast(rows, sqlalchemy.JSON))
+    attrs = attrs.table_valued("key", "value").alias("attrs")
+    unfinished = sqlalchemy.select(trials.c.trial_id, attrs.c.key, attrs.c.value).select_from(
+        trials.join(attrs, sqlalchemy.true())).where(
+        trials.c.trial_id == sqlalchemy.bindparam("tid"),
+        trials.c.state.in_([TrialState.RUNNING, TrialState.WAITING]))
+    statement = upsert(table).from_select(["trial_id", "key", "value_json"], unfinished)
+    return statement.on_conflict_do_update(
         index_elements=[table.c.trial_id, table.c.key],
-        set_={"value_json": statement.excluded.value_json})
+        set_={"value_json": statement.excluded.value_json}).execution_options(
+        preserve_rowcount=True)  # SQLAlchemy keeps an INSERT's row count only when asked
+
+
+@functools.cache
+def autocommit(backend: optuna.storages.RDBStorage) -> sqlalchemy.engine.Engine:
+    """The storage's engine (same pool) with each statement committed by itself: a read or
+    a single-statement write without the BEGIN and COMMIT round trips of a transaction."""
+    return backend.engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def fast_path(trial: optuna.Trial):

@@ -29,7 +29,6 @@ def test_optuna_private_api_is_where_the_record_expects_it():
     assert isinstance(backend, optuna.storages.RDBStorage)
     assert isinstance(cached, optuna.trial.FrozenTrial) and cached.number == trial.number
     from optuna.storages._rdb import models
-    from optuna.storages._rdb.storage import _create_scoped_session  # noqa: F401
 
     assert hasattr(models, "TrialUserAttributeModel") and hasattr(models, "TrialModel")
     assert callable(backend.check_trial_is_updatable)

@@ -46,17 +46,17 @@ def test_attributes_land_together_and_overwrite_like_set_user_attr(kind, tmp_pat
     assert stored.user_attrs == {"kept": "yes", **VALUES}
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql", "memory"])
 def test_a_finished_trial_refuses_them_and_keeps_its_own(kind, tmp_path):
     storage = _storage(kind, tmp_path)
-    study = optuna.create_study(study_name="finished", storage=storage)
+    name = f"finished-{uuid.uuid4().hex[:8]}"
+    study = optuna.create_study(study_name=name, storage=storage)
     trial = study.ask()
     trial.set_user_attr("a", 1)
     study.tell(trial, 1.0)
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
         set_user_attrs(trial, {"a": 5, "b": 2})
-    assert optuna.load_study(study_name="finished", storage=storage).trials[0].user_attrs == \
-        {"a": 1}
+    assert optuna.load_study(study_name=name, storage=storage).trials[0].user_attrs == {"a": 1}
 
 
 def test_sqlite_connections_log_ahead_and_commit_without_waiting_for_the_disk(tmp_path):
