@@ -33,6 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def _bare_worker(url: str, name: str, n: int, sleep_s: float, seed: int, start) -> None:
     import optuna
 
+    from search.backends.worker import die_with_parent
+
+    die_with_parent()  # a benchmark stopped by hand leaves no worker running
+
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.load_study(study_name=name, storage=url,
                               sampler=optuna.samplers.RandomSampler(seed=seed))
@@ -54,8 +58,10 @@ def _ours_worker(url: str, name: str, sleep_s: float, workspace: str, seed: int,
                  start) -> None:
     import optuna
 
-    from search.backends.worker import make_runner, run_trials
+    from search.backends.worker import die_with_parent, make_runner, run_trials
     from trainers.zero import ZeroCostTrainer, zero_data
+
+    die_with_parent()
 
     study, runner = make_runner(name, url, worker_index=seed, workspace=workspace,
                                 log=lambda message: None, trainer=ZeroCostTrainer(sleep_s),

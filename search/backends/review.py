@@ -16,8 +16,8 @@ import optuna
 from optuna.trial import TrialState
 
 from search.study import record
-from search.study.objectives import normalized_hypervolume
-from search.study.pareto import dominates
+from search.study.objectives import normalize
+from search.study.pareto import dominates, hypervolume
 from search.study.record import TrialRecord
 from search.study.results import objective_bounds, pareto, ranked_trials, state_of, status
 from search.study.studies import load_spec
@@ -179,14 +179,18 @@ def hypervolume_curves(study: optuna.Study, spec, ranked, trials, records):
 
     def minimized(t):
         return [s * v for s, v in zip(signs, t.values, strict=True)]
-    front: list[tuple[list[float], list[float]]] = []  # (minimized, values) of each member
+    # (minimized, normalized) of each member: each point normalized once, as it arrives
+    # (normalizing the whole front at each change was a third of this at 5,000 trials)
+    front: list[tuple[list[float], list[float]]] = []
+    reference = [1.0] * len(spec.objectives)
     seconds, hv, by_trials, by_seconds = 0.0, 0.0, [], []
     for i, t in enumerate(finished, 1):
         seconds += records[t.number].seconds or 0.0
         point = minimized(t) if t.number in trained else None
         if point is not None and not any(dominates(m, point) for m, _ in front):
-            front = [(m, v) for m, v in front if not dominates(point, m)] + [(point, t.values)]
-            hv = normalized_hypervolume(spec.objectives, [v for _, v in front], bounds)
+            front = [(m, n) for m, n in front if not dominates(point, m)] + [
+                (point, normalize(spec.objectives, t.values, bounds))]
+            hv = hypervolume([n for _, n in front], reference)
         by_trials.append((i, hv))
         by_seconds.append((seconds, hv))
     return by_trials, by_seconds
