@@ -25,6 +25,7 @@ import json
 import math
 import sqlite3
 import uuid
+import weakref
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -471,11 +472,18 @@ def _attr_statement(upsert, dialect: str) -> Any:
         preserve_rowcount=True)  # SQLAlchemy keeps an INSERT's row count only when asked
 
 
-@functools.cache
 def autocommit(backend: optuna.storages.RDBStorage) -> sqlalchemy.engine.Engine:
     """The storage's engine (same pool) with each statement committed by itself: a read or
     a single-statement write without the BEGIN and COMMIT round trips of a transaction."""
-    return backend.engine.execution_options(isolation_level="AUTOCOMMIT")
+    engine = _AUTOCOMMIT.get(backend)
+    if engine is None:
+        engine = _AUTOCOMMIT[backend] = backend.engine.execution_options(
+            isolation_level="AUTOCOMMIT")
+    return engine
+
+
+# kept only while its storage lives: a storage let go closes its pool's connections
+_AUTOCOMMIT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def fast_path(trial: optuna.Trial):

@@ -114,3 +114,22 @@ def test_postgresql_renews_a_dropped_idle_connection_and_pings_only_idle_ones(tm
         assert connection.exec_driver_sql("SELECT pg_backend_pid()").scalar() != pid
         connection.rollback()
     assert len(optuna.load_study(study_name=study.study_name, storage=storage).trials) == 3
+
+
+def test_a_storage_let_go_is_not_kept_by_its_one_statement_writes(tmp_path):
+    """The autocommitting engine the writes use lives only as long as its storage: a
+    process that opens many storages (the suite, a dashboard) keeps no pools of theirs."""
+    import gc
+    import weakref
+
+    from search.study import record
+
+    storage = _storage("sqlite", tmp_path)
+    study = optuna.create_study(storage=storage, study_name="let-go")
+    trial = study.ask()
+    set_user_attrs(trial, VALUES)
+    assert record._AUTOCOMMIT.get(storage) is not None
+    gone = weakref.ref(storage)
+    del storage, study, trial
+    gc.collect()
+    assert gone() is None
