@@ -1,7 +1,7 @@
 """Coordination cost: N worker processes on one study, patchnas's worker loop vs bare Optuna.
 
     python bench/coordination.py [--storage sqlite postgres] [--workers 1 4 8 16 32]
-                                 [--trials 200] [--sleep-ms 5]
+                                 [--trials 200] [--sleep-ms 5] [--repeat 1]
                                  [--postgres URL]   # default: $PATCHNAS_TEST_POSTGRES
 
 The trials cost nothing (a trainer that sleeps a few ms), so the storage is all that is under
@@ -144,6 +144,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, nargs="+", default=[1, 4, 8, 16, 32])
     p.add_argument("--trials", type=int, default=200)
     p.add_argument("--sleep-ms", type=float, default=5)
+    p.add_argument("--repeat", type=int, default=1, help="pairs of runs per N; prints the "
+                   "median ratio (on a shared machine one pair moves by +-0.3)")
     p.add_argument("--postgres", default=os.environ.get("PATCHNAS_TEST_POSTGRES"))
     p.add_argument("--storage", "--storages", dest="storages", nargs="+",
                    choices=["sqlite", "postgres"], default=["sqlite", "postgres"])
@@ -162,13 +164,21 @@ def main() -> None:
                 if storage == "sqlite":  # WAL, as patchnas opens its own SQLite files
                     from search.study.storage import open_storage
                     open_storage(url, heartbeat=False, create=True)
-                b = bare(url, n, args.trials, sleep_s)
-                o = ours(url, n, args.trials, sleep_s, Path(tmp))
-                for loop, r in (("optuna", b), ("patchnas", o)):
-                    ratio = f"  {o['trials/s'] / b['trials/s']:.2f}x" if loop == "patchnas" else ""
-                    print(f"{storage:<9}{n:>4} {loop:<9}{r['trials/s']:>9.1f}{r['p50_ms']:>9.1f}"
-                          f"{r['p99_ms']:>9.1f}{r['lost']:>6}{r['duplicated']:>5}"
-                          f"{r['running']:>5}{r['overrun']:>6}{ratio}", flush=True)
+                ratios = []
+                for _ in range(args.repeat):  # pairs back to back: the ratio of a pair
+                    b = bare(url, n, args.trials, sleep_s)  # cancels the machine's drift
+                    o = ours(url, n, args.trials, sleep_s, Path(tmp))
+                    ratios.append(o["trials/s"] / b["trials/s"])
+                    for loop, r in (("optuna", b), ("patchnas", o)):
+                        ratio = f"  {ratios[-1]:.2f}x" if loop == "patchnas" else ""
+                        print(f"{storage:<9}{n:>4} {loop:<9}{r['trials/s']:>9.1f}"
+                              f"{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}{r['lost']:>6}"
+                              f"{r['duplicated']:>5}{r['running']:>5}{r['overrun']:>6}{ratio}",
+                              flush=True)
+                if args.repeat > 1:
+                    print(f"{storage:<9}{n:>4} median of {args.repeat} pairs: "
+                          f"{statistics.median(ratios):.2f}x (range {min(ratios):.2f}-"
+                          f"{max(ratios):.2f})", flush=True)
 
 
 if __name__ == "__main__":

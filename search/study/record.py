@@ -323,19 +323,19 @@ def _read_trials(storage: optuna.storages.RDBStorage, study_id: int, states: Any
 
     def rows(model: Any, *columns: str) -> list[Any]:
         table = model.__table__
-        return session.execute(sqlalchemy.select(table.c.trial_id, *(table.c[c] for c in columns))
-                               .where(table.c.trial_id.in_(chosen))
-                               .order_by(*table.primary_key.columns)).all()
+        picked = sqlalchemy.select(table.c.trial_id, *(table.c[c] for c in columns))
+        return connection.execute(picked.where(table.c.trial_id.in_(chosen))
+                                  .order_by(*table.primary_key.columns)).all()
 
     # plain reads, each statement its own snapshot (PostgreSQL's READ COMMITTED gave the
     # same in a transaction): no BEGIN and COMMIT round trips
-    with autocommit(storage).connect() as session:
-        heads = session.execute(sqlalchemy.select(
+    with autocommit(storage).connect() as connection:
+        heads = connection.execute(sqlalchemy.select(
             trial.c.trial_id, trial.c.number, trial.c.state, trial.c.datetime_start,
             trial.c.datetime_complete).where(where).order_by(trial.c.trial_id)).all()
         if not heads:  # nothing new nor unfinished (most reads of a worker's loop): done,
             study = models.StudyModel.__table__  # once the study is known to exist
-            if session.execute(sqlalchemy.select(study.c.study_id).where(
+            if connection.execute(sqlalchemy.select(study.c.study_id).where(
                     study.c.study_id == study_id)).first() is None:
                 raise KeyError(f"No study with study_id {study_id} exists.")
             return []
