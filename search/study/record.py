@@ -178,9 +178,8 @@ def budget_attrs(study: optuna.Study) -> tuple[int, float, int]:
     with autocommit(backend).connect() as connection:  # one statement, one round trip
         total, size, claimed = connection.execute(sqlalchemy.select(
             value(StudyKey.BUDGET), value(StudyKey.SPACE_SIZE), count)).one()
-    values = {k: v for k, v in ((StudyKey.BUDGET, total), (StudyKey.SPACE_SIZE, size))
-              if v is not None}
-    attrs = {k: json.loads(v) for k, v in values.items()}
+    attrs = {k: json.loads(v) for k, v in ((StudyKey.BUDGET, total),
+                                           (StudyKey.SPACE_SIZE, size)) if v is not None}
     return trial_budget(study, attrs), space_size(study, attrs), claimed
 
 

@@ -142,18 +142,16 @@ def _ping_when_idle(engine: sqlalchemy.engine.Engine) -> None:
 
     def on_checkout(connection, record, _proxy):
         if time.monotonic() - record.info.get("idle_since", math.inf) > IDLE_PING_SECONDS:
-            _ping(connection)
+            _ping(engine.dialect, connection)
     sqlalchemy.event.listen(engine, "checkin", on_checkin)
     sqlalchemy.event.listen(engine, "checkout", on_checkout)
 
 
-def _ping(connection) -> None:
+def _ping(dialect, connection) -> None:
     """Raise DisconnectionError (the pool then retries with a new connection) unless the
-    DBAPI `connection` answers."""
+    DBAPI `connection` answers the dialect's own ping (the one `pool_pre_ping` sends)."""
     try:
-        with contextlib.closing(connection.cursor()) as cursor:
-            cursor.execute("SELECT 1")
-        connection.rollback()  # the ping opened a transaction: leave none behind
+        dialect.do_ping(connection)
     except Exception as err:
         raise sqlalchemy.exc.DisconnectionError(str(err)) from err
 

@@ -97,7 +97,7 @@ def test_postgresql_renews_a_dropped_idle_connection_and_pings_only_idle_ones(tm
     storage.engine.dispose()  # from here on the pool holds one connection
     pings = []
     ping = storage_module._ping
-    monkeypatch.setattr(storage_module, "_ping", lambda c: (pings.append(1), ping(c)))
+    monkeypatch.setattr(storage_module, "_ping", lambda *args: (pings.append(1), ping(*args)))
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
     assert pings == []  # connections in use every few ms are not tested before each use
     with storage.engine.connect() as connection:
