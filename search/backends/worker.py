@@ -98,8 +98,7 @@ def run_trials(study: optuna.Study, runner: TrialRunner, parent: int | None = No
         if parent is not None and os.getppid() != parent:
             runner.log("the driver is gone: stopping")
             return ran
-        trials = study.get_trials(deepcopy=False)
-        state = budget(study, trials)
+        state = budget(study)  # one statement on an RDB storage
         if state.done:
             if state.exhausted and state.finished < state.total:
                 runner.log(f"every architecture of the space ({state.claimed}) is trained: "
@@ -113,7 +112,7 @@ def run_trials(study: optuna.Study, runner: TrialRunner, parent: int | None = No
             continue
         if discarded:  # twins of trials in flight, sampled in a row: let those progress
             time.sleep(min(WAIT_SECONDS, 0.2 * discarded))
-        runner.budget, runner.seen = state.total, (state.reserved, len(trials))
+        runner.budget, runner.seen = state.total, (state.reserved, state.trials)
         try:
             study.optimize(runner, n_trials=1, catch=(TrialFailed, Discarded),
                            gc_after_trial=False)

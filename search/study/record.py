@@ -156,31 +156,67 @@ def set_space_size(study: optuna.Study, size: float, only_if_unset: bool = False
         study.set_user_attr(StudyKey.SPACE_SIZE, None if math.isinf(size) else int(size))
 
 
-def budget_attrs(study: optuna.Study) -> tuple[int, float, int]:
-    """(the trial budget, the space's size, how many architectures are claimed), read
-    before every trial. On an RDB storage one small statement (the two keys, and a count
-    of the claim keys): the whole attribute table holds a claim per architecture and grows
-    with the study, so reading it all cost a worker more per trial the longer it ran."""
+def budget_attrs(study: optuna.Study) -> dict[str, Any]:
+    """What the budget is made of, read before every trial: `total` (the trial budget),
+    `space_size`, `claimed` (architectures claimed) and, on an RDB storage, the trials'
+    counts: `finished` (holding a budget slot), `running`, `waiting`, `trials` (all).
+    On an RDB storage this is one statement. The whole attribute table holds a claim per
+    architecture and grows with the study; reading it, or every unfinished trial, before
+    each trial cost a worker more per trial the longer it ran and more round trips."""
     backend = _rdb_backend(study)
     if backend is None:
         attrs = study.user_attrs
-        return trial_budget(study, attrs), space_size(study, attrs), len(claims(study, attrs))
+        return {"total": trial_budget(study, attrs), "space_size": space_size(study, attrs),
+                "claimed": len(claims(study, attrs))}
+    with autocommit(backend).connect() as connection:  # one statement, one round trip
+        row = connection.execute(_budget_statement(),
+                                 {"study_id": study._study_id}).one()._asdict()
+    raw = {k: row.pop(k) for k in (StudyKey.BUDGET, StudyKey.SPACE_SIZE)}
+    attrs = {k: json.loads(v) for k, v in raw.items() if v is not None}
+    return {"total": trial_budget(study, attrs), "space_size": space_size(study, attrs),
+            **row}
+
+
+@functools.cache
+def _budget_statement():
+    """The budget attributes and the trials' counts of one study (the parameter
+    `study_id`), in one SELECT; built once, as building it costs more than running it."""
     from optuna.storages._rdb import models
 
-    table = models.StudyUserAttributeModel.__table__
-    mine = table.c.study_id == study._study_id
+    study_id = sqlalchemy.bindparam("study_id")
+    attr = models.StudyUserAttributeModel.__table__
+    mine = attr.c.study_id == study_id
 
-    def value(key: str) -> Any:
-        return sqlalchemy.select(table.c.value_json).where(
-            mine & (table.c.key == key)).scalar_subquery()
-    count = sqlalchemy.select(sqlalchemy.func.count()).where(
-        mine & table.c.key.startswith(StudyKey.CLAIM + ".", autoescape=True)).scalar_subquery()
-    with autocommit(backend).connect() as connection:  # one statement, one round trip
-        total, size, claimed = connection.execute(sqlalchemy.select(
-            value(StudyKey.BUDGET), value(StudyKey.SPACE_SIZE), count)).one()
-    attrs = {k: json.loads(v) for k, v in ((StudyKey.BUDGET, total),
-                                           (StudyKey.SPACE_SIZE, size)) if v is not None}
-    return trial_budget(study, attrs), space_size(study, attrs), claimed
+    def value(key: str):
+        return sqlalchemy.select(attr.c.value_json).where(
+            mine & (attr.c.key == key)).scalar_subquery().label(key)
+    claimed = sqlalchemy.select(sqlalchemy.func.count()).where(
+        mine & attr.c.key.startswith(StudyKey.CLAIM + ".", autoescape=True)).scalar_subquery()
+    trials = models.TrialModel.__table__
+    marks = models.TrialUserAttributeModel.__table__
+    state, counted = marks.alias("state"), marks.alias("counted")
+    joined = trials.outerjoin(state, (state.c.trial_id == trials.c.trial_id)
+                              & (state.c.key == "state")).outerjoin(
+        counted, (counted.c.trial_id == trials.c.trial_id) & (counted.c.key == "counted"))
+    S = optuna.trial.TrialState
+    recorded = sqlalchemy.func.coalesce(state.c.value_json, "")
+    # search.study.results.holds_budget_slot, spelled in SQL (a test holds the two equal):
+    # finished, neither reused nor discarded, and no FAIL retried (not counted, not
+    # infeasible); values are stored as JSON, so a recorded state is '"REUSED"'
+    retried = ((trials.c.state == S.FAIL) & (sqlalchemy.func.coalesce(counted.c.value_json,
+                                                                       "false") != "true")
+               & (recorded != json.dumps("INFEASIBLE")))
+    holding = (trials.c.state.in_([S.COMPLETE, S.PRUNED, S.FAIL])
+               & recorded.not_in([json.dumps("REUSED"), json.dumps("DISCARDED")]) & ~retried)
+
+    def count(condition):
+        return sqlalchemy.func.count(sqlalchemy.case((condition, 1)))
+    return sqlalchemy.select(
+        value(StudyKey.BUDGET), value(StudyKey.SPACE_SIZE), claimed.label("claimed"),
+        count(holding).label("finished"), count(trials.c.state == S.RUNNING).label("running"),
+        count(trials.c.state == S.WAITING).label("waiting"),
+        sqlalchemy.func.count().label("trials")).select_from(joined).where(
+        trials.c.study_id == study_id)
 
 
 def _rdb_backend(study: optuna.Study) -> optuna.storages.RDBStorage | None:
@@ -304,10 +340,60 @@ class TrialReadingRDBStorage(optuna.storages.RDBStorage):
             return super()._get_trials(study_id, states, included_trial_ids,
                                        trial_id_greater_than)
 
+    def get_trial(self, trial_id: int) -> optuna.trial.FrozenTrial:
+        """One trial by the same reader: Optuna's loads it through the ORM, and a trial is
+        read twice (when asked, when told)."""
+        from optuna.storages._rdb import models
+
+        found = _read(self, models.TrialModel.__table__.c.trial_id == trial_id)
+        if not found:
+            raise KeyError(f"No trial with trial_id {trial_id} exists.")
+        return found[0]
+
+    def _set_trial_param(self, trial_id, param_name, param_value_internal, distribution,
+                         previous_distribution):
+        """One autocommitted INSERT ... SELECT that writes the parameter only while the
+        trial is unfinished. Optuna's writer opens a transaction and loads the trial
+        through the ORM for each of a trial's parameters, about a fifth of a zero-cost
+        trial's time. Without a distribution seen before (Optuna's cache gives it), the
+        study-wide compatibility check is Optuna's own."""
+        if previous_distribution is None:
+            return super()._set_trial_param(trial_id, param_name, param_value_internal,
+                                            distribution, previous_distribution)
+        from optuna.distributions import check_distribution_compatibility, distribution_to_json
+
+        check_distribution_compatibility(previous_distribution, distribution)
+        with autocommit(self).connect() as connection:
+            written = connection.execute(_param_statement(), {
+                "tid": trial_id, "name": param_name, "value": param_value_internal,
+                "distribution": distribution_to_json(distribution)})
+        if written.rowcount != 1:  # the trial is finished: Optuna's own error
+            self.check_trial_is_updatable(trial_id, self.get_trial(trial_id).state)
+            raise AssertionError(f"trial id {trial_id}: parameter {param_name} not written")
+
+
+@functools.cache
+def _param_statement():
+    """INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json)
+    SELECT trial_id, :name, :value, :distribution FROM trials
+    WHERE trial_id = :tid AND state IN ('RUNNING', 'WAITING')"""
+    from optuna.storages._rdb import models
+    from optuna.trial import TrialState
+
+    trials, params = models.TrialModel.__table__, models.TrialParamModel.__table__
+    unfinished = sqlalchemy.select(
+        trials.c.trial_id, sqlalchemy.bindparam("name", type_=params.c.param_name.type),
+        sqlalchemy.bindparam("value", type_=params.c.param_value.type),
+        sqlalchemy.bindparam("distribution", type_=params.c.distribution_json.type)).where(
+        trials.c.trial_id == sqlalchemy.bindparam("tid"),
+        trials.c.state.in_([TrialState.RUNNING, TrialState.WAITING]))
+    return params.insert().from_select(
+        ["trial_id", "param_name", "param_value", "distribution_json"],
+        unfinished).execution_options(preserve_rowcount=True)
+
 
 def _read_trials(storage: optuna.storages.RDBStorage, study_id: int, states: Any,
                  included: set[int], greater_than: int) -> list[optuna.trial.FrozenTrial]:
-    from optuna.distributions import json_to_distribution
     from optuna.storages._rdb import models
 
     trial = models.TrialModel.__table__
@@ -318,6 +404,22 @@ def _read_trials(storage: optuna.storages.RDBStorage, study_id: int, states: Any
         where &= trial.c.trial_id.in_(included) | (trial.c.trial_id > greater_than)
     elif greater_than > -1:
         where &= trial.c.trial_id > greater_than
+    trials = _read(storage, where)
+    if not trials:  # nothing new nor unfinished (most reads of a worker's loop): done, once
+        study = models.StudyModel.__table__  # the study is known to exist
+        with autocommit(storage).connect() as connection:
+            if connection.execute(sqlalchemy.select(study.c.study_id).where(
+                    study.c.study_id == study_id)).first() is None:
+                raise KeyError(f"No study with study_id {study_id} exists.")
+    return trials
+
+
+def _read(storage: optuna.storages.RDBStorage, where: Any) -> list[optuna.trial.FrozenTrial]:
+    """The trials that `where` (on the trials table) selects, in the order of their ids."""
+    from optuna.distributions import json_to_distribution
+    from optuna.storages._rdb import models
+
+    trial = models.TrialModel.__table__
     chosen = sqlalchemy.select(trial.c.trial_id).where(where).scalar_subquery()
 
     def rows(model: Any, *columns: str) -> list[Any]:
@@ -332,11 +434,7 @@ def _read_trials(storage: optuna.storages.RDBStorage, study_id: int, states: Any
         heads = connection.execute(sqlalchemy.select(
             trial.c.trial_id, trial.c.number, trial.c.state, trial.c.datetime_start,
             trial.c.datetime_complete).where(where).order_by(trial.c.trial_id)).all()
-        if not heads:  # nothing new nor unfinished (most reads of a worker's loop): done,
-            study = models.StudyModel.__table__  # once the study is known to exist
-            if connection.execute(sqlalchemy.select(study.c.study_id).where(
-                    study.c.study_id == study_id)).first() is None:
-                raise KeyError(f"No study with study_id {study_id} exists.")
+        if not heads:
             return []
         params = rows(models.TrialParamModel, "param_name", "param_value", "distribution_json")
         values = rows(models.TrialValueModel, "objective", "value", "value_type")

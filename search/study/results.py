@@ -53,6 +53,7 @@ class Budget:
     waiting: int
     claimed: int = 0  # architectures claimed for training
     space_size: float = math.inf  # architectures in the space
+    trials: int = 0  # all trials of the study (numbered 0 to trials - 1)
 
     @property
     def reserved(self) -> int:
@@ -78,13 +79,17 @@ class Budget:
 
 
 def budget(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> Budget:
+    """The study's budget; counted from `trials` when given, else by the storage (one
+    statement on an RDB storage) or from all trials read."""
+    attrs = record.budget_attrs(study)
+    if trials is None and "finished" in attrs:
+        return Budget(**attrs)
     trials = study.get_trials(deepcopy=False) if trials is None else trials
-    total, size, claimed = record.budget_attrs(study)
-    return Budget(total,
+    return Budget(attrs["total"],
                   sum(1 for t in trials if holds_budget_slot(t) and t.state.is_finished()),
                   sum(1 for t in trials if t.state == TrialState.RUNNING),
                   sum(1 for t in trials if t.state == TrialState.WAITING),
-                  claimed, size)
+                  attrs["claimed"], attrs["space_size"], len(trials))
 
 
 def front_trials(study: optuna.Study, spec: StudySpec) -> list[FrozenTrial]:

@@ -111,16 +111,58 @@ def test_a_claim_is_taken_over_only_from_the_claimant_named():
 @pytest.mark.parametrize("storage", ["rdb", "memory"])
 def test_budget_attrs_reads_what_the_public_api_holds(storage):
     study = _study() if storage == "rdb" else optuna.create_study(directions=["maximize"])
-    assert record.budget_attrs(study) == (0, float("inf"), 0)  # a study without patchnas's
+
+    def attrs():
+        got = record.budget_attrs(study)
+        return got["total"], got["space_size"], got["claimed"]
+    assert attrs() == (0, float("inf"), 0)  # a study without patchnas's
     record.set_trial_budget(study, 12)
     record.set_space_size(study, 40)
     for n, digest in enumerate(["a", "b", "c_d"]):
         record.claim_architecture(study, digest, 2, n)
     study.set_user_attr("patchnas.claimant", 1)  # shares the prefix but not the dot
     record.write_json(study, record.StudyKey.BOUNDS, {"params": [0, 1]})
-    assert record.budget_attrs(study) == (12, 40, 3)
-    assert record.budget_attrs(study) == (record.trial_budget(study), record.space_size(study),
-                                          len(record.claims(study)))
+    assert attrs() == (12, 40, 3)
+    assert attrs() == (record.trial_budget(study), record.space_size(study),
+                       len(record.claims(study)))
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_storage_counts_the_budget_as_the_trials_state_says(backend, tmp_path):
+    """The one-statement budget (SQL) and the budget counted from the trials read (Python's
+    state_of) agree for every state a trial can end in."""
+    from optuna.trial import TrialState as S
+
+    from search.study.results import budget, state_of
+
+    if backend == "postgresql":
+        from tests.helpers import postgres_url
+        url = postgres_url()
+    else:
+        url = f"sqlite:///{tmp_path / 'b.db'}"
+    study = optuna.create_study(storage=url, study_name=f"b-{time.time_ns()}",
+                                directions=["maximize"])
+    record.set_trial_budget(study, 20)
+    ends = [(S.COMPLETE, {}), (S.PRUNED, {}), (S.FAIL, {"counted": True}), (S.FAIL, {}),
+            (S.FAIL, {"state": "INFEASIBLE"}), (S.COMPLETE, {"state": "INFEASIBLE"}),
+            (S.COMPLETE, {"state": "REUSED"}), (S.FAIL, {"state": "DISCARDED"}),
+            (S.PRUNED, {"state": "DISCARDED"}), (S.FAIL, {"state": "REUSED", "counted": True}),
+            (S.COMPLETE, {"state": "COMPLETE", "counted": False}), (S.RUNNING, {}),
+            (S.RUNNING, {"state": "DISCARDED"})]
+    for state, attrs in ends:
+        trial = study.ask()
+        record.write(trial, **attrs)
+        if state != S.RUNNING:
+            study.tell(trial, 0.5 if state == S.COMPLETE else None, state=state)
+    record.enqueue(study, {}, retry_of=3)
+    trials = study.get_trials(deepcopy=False)
+    assert {state_of(t) for t in trials} == {"COMPLETE", "PRUNED", "FAIL", "RETRIED",
+                                            "INFEASIBLE", "REUSED", "DISCARDED", "RUNNING",
+                                            "WAITING"}
+    stored, counted = budget(study), budget(study, trials)
+    assert "finished" in record.budget_attrs(study)  # the storage counted: one statement
+    assert stored == counted
+    assert (stored.finished, stored.running, stored.waiting, stored.trials) == (6, 2, 1, 14)
 
 
 def test_trial_reader_builds_the_trials_optunas_reader_builds(tmp_path):
@@ -159,6 +201,11 @@ def test_trial_reader_builds_the_trials_optunas_reader_builds(tmp_path):
     ours, theirs = both(done, set(), -1)
     assert len(ours) == 2 and [t.__dict__ for t in ours] == [t.__dict__ for t in theirs]
     ids = [record.trial_id(t) for t in study.get_trials()]
+    for tid in ids:  # one trial at a time (read when asked and when told), the same
+        assert (record.TrialReadingRDBStorage(url).get_trial(tid).__dict__
+                == optuna.storages.RDBStorage(url).get_trial(tid).__dict__)
+    with pytest.raises(KeyError, match="No trial with trial_id 999"):
+        record.TrialReadingRDBStorage(url).get_trial(999)
     ours, theirs = both(None, {ids[3], ids[7]}, ids[5])
     assert [t.number for t in ours] == [3, 6, 7, 8]
     assert [t.__dict__ for t in ours] == [t.__dict__ for t in theirs]
@@ -168,6 +215,43 @@ def test_trial_reader_builds_the_trials_optunas_reader_builds(tmp_path):
     t = study.ask()  # the enqueued trial, then one more finished: the cache reads the change
     study.tell(t, [0.9, 1.0])
     assert [t.__dict__ for t in cached.get_trials()] == [t.__dict__ for t in study.get_trials()]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_parameters_are_written_in_one_statement_only_to_unfinished_trials(backend, tmp_path):
+    """The one-statement parameter write (a distribution already seen in the study) stores
+    what Optuna's writer stores, refuses a finished trial with Optuna's error, and leaves
+    an incompatible distribution to Optuna's check."""
+    import sqlalchemy
+
+    if backend == "postgresql":
+        from tests.helpers import postgres_url
+        url = postgres_url()
+    else:
+        url = f"sqlite:///{tmp_path / 'p.db'}"
+    storage = record.TrialReadingRDBStorage(url)
+    study = optuna.create_study(storage=storage, study_name=f"p-{time.time_ns()}",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    statements = []
+    sqlalchemy.event.listen(storage.engine, "before_cursor_execute",
+                            lambda *args: statements.append(args[2]))
+    first = study.ask()
+    first.suggest_int("d", 1, 8)  # the first of its name: Optuna's own write and check
+    second = study.ask()
+    statements.clear()
+    assert second.suggest_int("d", 1, 8) in range(1, 9)
+    writes = [s for s in statements if not s.lstrip().startswith("SELECT")]
+    assert [s.split()[:3] for s in writes] == [["INSERT", "INTO", "trial_params"]]
+    assert "SELECT" in writes[0]  # ... SELECT FROM trials WHERE the trial is unfinished
+    study.tell(second, 1.0)
+    theirs = optuna.storages.RDBStorage(url).get_trial(record.trial_id(second))
+    assert (theirs.params, theirs.distributions) == (second.params,
+                                                     {"d": optuna.distributions.IntDistribution(1, 8)})
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        storage.set_trial_param(record.trial_id(second), "e", 1.0,
+                                optuna.distributions.FloatDistribution(0, 2))
+    with pytest.raises(ValueError, match="Cannot set different distribution kind"):
+        study.ask().suggest_float("d", 1, 8)
 
 
 def test_trial_reader_leaves_out_rows_of_a_trial_that_arrives_while_it_reads():
