@@ -31,7 +31,7 @@ from optuna.trial import TrialState, create_trial
 from search.backends.review import refresh
 from search.study import record
 from search.study.record import TrialRecord
-from search.study.results import pareto, status
+from search.study.results import pareto, stored_status
 from search.study.spec import build_spec
 from search.study.studies import create_or_resume, load_study
 from tracking.runs import StudyRuns
@@ -158,7 +158,7 @@ def main() -> None:
         driver = load_study("large", url), StudyRuns(tracking, "large")  # one run's own
         times = {
             "status": timed("status (library, cold)",
-                            lambda: status(load_study("large", url))),
+                            lambda: stored_status(load_study("large", url))),
             "pareto": timed("pareto (library, cold)",
                             lambda: pareto(load_study("large", url))),
             # paid once by a driver process whatever its study's size (sklearn: 1.7 s)

@@ -42,11 +42,14 @@ def pareto_png(points: Sequence[Mapping[str, Any]], title: str) -> bytes:
         front = sorted((p for p in points if p["pareto"]), key=lambda p: p["values"][x_key])
         ax.step([p["values"][x_key] for p in front], [p["values"][y_key] for p in front],
                 where="post", color="C3", linewidth=1)
-        ax.set_xscale("log" if x_key != "val_acc" else "linear")
+        if x_key != "val_acc":
+            _log_axis(ax.xaxis, ax.set_xscale)
         ax.set_xlabel(x_key)
         ax.set_ylabel(y_key)
-        ax.legend(loc="best")  # never over a point
-    ax.set_title(title)
+        # above the axes, never over a point (loc="best" tests every point: 60 ms at 5,000)
+        ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=2, frameon=False,
+                  borderaxespad=0.2)
+    ax.set_title(title, loc="left")
     return _png(fig)
 
 
@@ -93,6 +96,16 @@ def importances_png(importances: Mapping[str, float]) -> bytes:
     ax.set_xlabel("importance for val_acc (fANOVA)")
     fig.tight_layout()  # the parameters' names: their width is not known here
     return _png(fig)
+
+
+def _log_axis(axis, set_scale) -> None:
+    """A log-scale axis labelled 10k, 1M, 100M: plain text (matplotlib's 10^5 labels are
+    typeset by its mathtext parser, a third of drawing a front), and costs read that way."""
+    from matplotlib.ticker import EngFormatter, NullFormatter
+
+    set_scale("log")
+    axis.set_major_formatter(EngFormatter(sep=""))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _png(fig) -> bytes:

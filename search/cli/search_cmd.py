@@ -236,10 +236,10 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from search.study.results import status
+    from search.study.results import stored_status
     from search.study.studies import load_study
 
-    s = status(load_study(args.name, storage_url(args))).as_dict()
+    s = stored_status(load_study(args.name, storage_url(args))).as_dict()
     if args.json:
         return print_json(s)
     counts = "  ".join(f"{k.lower()} {v}" for k, v in s["counts"].items()
@@ -325,10 +325,10 @@ def _delete(args: argparse.Namespace) -> int:
 
 
 def _pareto(args: argparse.Namespace) -> int:
-    from search.study.results import pareto
+    from search.study.results import stored_pareto
     from search.study.studies import load_study
 
-    front = pareto(load_study(args.name, storage_url(args)))
+    front = stored_pareto(load_study(args.name, storage_url(args)))
     if args.json:
         return print_json(front)
     print_front(front)

@@ -414,19 +414,38 @@ def _read_trials(storage: optuna.storages.RDBStorage, study_id: int, states: Any
     return trials
 
 
-def _read(storage: optuna.storages.RDBStorage, where: Any) -> list[optuna.trial.FrozenTrial]:
-    """The trials that `where` (on the trials table) selects, in the order of their ids."""
+def read_summaries(study: optuna.Study,
+                   fields: tuple[str, ...]) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials for a summary: states, values, system attributes and, of the user
+    attributes, only these TrialRecord `fields`; no parameters or intermediate values (on
+    an RDB storage; elsewhere whole trials). Curves, costs, configs and parameters are
+    most of what a whole read of a large study parses; a summary needs none of them."""
+    TrialRecord.attrs(**dict.fromkeys(fields))  # a wrong name is a bug, caught here
+    backend = _rdb_backend(study)
+    if backend is None:
+        return study.get_trials(deepcopy=False)
+    from optuna.storages._rdb import models
+
+    return _read(backend, models.TrialModel.__table__.c.study_id == study._study_id, fields)
+
+
+def _read(storage: optuna.storages.RDBStorage, where: Any,
+          summary: tuple[str, ...] | None = None) -> list[optuna.trial.FrozenTrial]:
+    """The trials that `where` (on the trials table) selects, in the order of their ids;
+    as `summary`s (read_summaries) with these user attributes only."""
     from optuna.distributions import json_to_distribution
     from optuna.storages._rdb import models
 
     trial = models.TrialModel.__table__
     chosen = sqlalchemy.select(trial.c.trial_id).where(where).scalar_subquery()
 
-    def rows(model: Any, *columns: str) -> list[Any]:
+    def rows(model: Any, *columns: str, keys: tuple[str, ...] | None = None) -> list[Any]:
         table = model.__table__
-        picked = sqlalchemy.select(table.c.trial_id, *(table.c[c] for c in columns))
-        return connection.execute(picked.where(table.c.trial_id.in_(chosen))
-                                  .order_by(*table.primary_key.columns)).all()
+        picked = sqlalchemy.select(table.c.trial_id, *(table.c[c] for c in columns)).where(
+            table.c.trial_id.in_(chosen))
+        if keys is not None:
+            picked = picked.where(table.c.key.in_(keys))
+        return connection.execute(picked.order_by(*table.primary_key.columns)).all()
 
     # plain reads, each statement its own snapshot (PostgreSQL's READ COMMITTED gave the
     # same in a transaction): no BEGIN and COMMIT round trips
@@ -436,11 +455,13 @@ def _read(storage: optuna.storages.RDBStorage, where: Any) -> list[optuna.trial.
             trial.c.datetime_complete).where(where).order_by(trial.c.trial_id)).all()
         if not heads:
             return []
-        params = rows(models.TrialParamModel, "param_name", "param_value", "distribution_json")
+        whole = summary is None
+        params = rows(models.TrialParamModel, "param_name", "param_value",
+                      "distribution_json") if whole else []
         values = rows(models.TrialValueModel, "objective", "value", "value_type")
         steps = rows(models.TrialIntermediateValueModel, "step", "intermediate_value",
-                     "intermediate_value_type")
-        user = rows(models.TrialUserAttributeModel, "key", "value_json")
+                     "intermediate_value_type") if whole else []
+        user = rows(models.TrialUserAttributeModel, "key", "value_json", keys=summary)
         system = rows(models.TrialSystemAttributeModel, "key", "value_json")
 
     parsed: dict[str, Any] = {}  # a study has few distinct distributions: parse each once

@@ -97,16 +97,19 @@ def front_trials(study: optuna.Study, spec: StudySpec) -> list[FrozenTrial]:
     return [t for t, rank in ranked_trials(study, spec) if rank == 0]
 
 
-def ranked_trials(study: optuna.Study, spec: StudySpec) -> list[tuple[FrozenTrial, int]]:
+def ranked_trials(study: optuna.Study, spec: StudySpec,
+                  trials: list[FrozenTrial] | None = None) -> list[tuple[FrozenTrial, int]]:
     """Trained, feasible, complete trials with their Pareto rank, each architecture once: by
     its best measured accuracy at the study's fidelity (trials of one architecture share
     its costs; ties go to the earlier trial). The front is then Optuna's `best_trials`
-    restricted to one trial per architecture."""
+    restricted to one trial per architecture. From `trials` when given (read already)."""
     acc = [o.metric for o in spec.objectives].index("val_acc")
     best: dict[str, FrozenTrial] = {}
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if state_of(t) != "COMPLETE":  # infeasible or a reuse of another trial
-            continue
+    if trials is None:
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    for t in trials:
+        if t.state != TrialState.COMPLETE or state_of(t) != "COMPLETE":  # or infeasible,
+            continue  # or a reuse of another trial
         digest = TrialRecord.from_trial(t).arch_hash
         if digest not in best or t.values[acc] > best[digest].values[acc]:
             best[digest] = t
@@ -184,9 +187,14 @@ class Status:
         return self.__dict__.copy()
 
 
-def status(study: optuna.Study, ranked: list[tuple[FrozenTrial, int]] | None = None) -> Status:
+def status(study: optuna.Study, ranked: list[tuple[FrozenTrial, int]] | None = None,
+           trials: list[FrozenTrial] | None = None) -> Status:
+    """The study's status (`ranked`, `trials`: read already). A running driver's study
+    reads only what changed since its last read (Optuna's trial cache)."""
     spec = load_spec(study)
-    trials = study.get_trials(deepcopy=False)
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    if ranked is None:
+        ranked = ranked_trials(study, spec, trials)
     counts = {s: 0 for s in STATES}
     hours: dict[str, float] = {}
     durations = []
@@ -197,8 +205,7 @@ def status(study: optuna.Study, ranked: list[tuple[FrozenTrial, int]] | None = N
             device = (r.device or "cpu").split(":")[0]
             hours[device] = hours.get(device, 0.0) + r.seconds / 3600
             durations.append(r.seconds)
-    front = (front_trials(study, spec) if ranked is None
-             else [t for t, rank in ranked if rank == 0])
+    front = [t for t, rank in ranked if rank == 0]
     left = budget(study, trials)
     running = max(1, left.running)
     eta = (sum(durations) / len(durations) * left.remaining / running) if durations else None
@@ -206,6 +213,30 @@ def status(study: optuna.Study, ranked: list[tuple[FrozenTrial, int]] | None = N
                   left.exhausted, len(front),
                   hypervolume(study, spec, front), {k: round(v, 4) for k, v in hours.items()},
                   eta if left.remaining else 0.0)
+
+
+# what status needs of each trial: a 5,000-trial study's curves alone are 2 MB of JSON
+STATUS_FIELDS = ("state", "counted", "arch_hash", "seconds", "device")
+
+
+def stored_status(study: optuna.Study) -> Status:
+    """The status of a study this process reads once (`search status`, the study list):
+    its trials read with only the fields status needs."""
+    return status(study, trials=record.read_summaries(study, STATUS_FIELDS))
+
+
+# what the front's members show (`member`), and what ranks them
+MEMBER_FIELDS = ("state", "counted", "arch_hash", "family", "label", "config", "costs",
+                 "epochs_run", "image_size", "num_classes", "train_images", "val_images",
+                 "seed", "estimates")
+
+
+def stored_pareto(study: optuna.Study) -> list[dict[str, Any]]:
+    """The front of a study this process reads once (`search pareto`), its trials read
+    with only the fields its members show."""
+    spec = load_spec(study)
+    return pareto(study, ranked_trials(study, spec, record.read_summaries(study,
+                                                                          MEMBER_FIELDS)))
 
 
 def list_studies(storage_url: str) -> list[dict[str, Any]]:
@@ -219,7 +250,7 @@ def list_studies(storage_url: str) -> list[dict[str, Any]]:
             spec = load_spec(study)
         except Exception:
             continue
-        s = status(study)
+        s = stored_status(study)
         out.append({"name": summary.study_name, "families": list(spec.space.families),
                     "objectives": [str(o) for o in spec.objectives], "trials": s.finished,
                     "budget": s.budget, "front_size": s.front_size,

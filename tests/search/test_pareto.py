@@ -164,3 +164,47 @@ def test_the_front_is_optunas_best_trials_one_per_architecture():
             assert t.number in optunas
             twins = [u for u in study.trials if arch[u.number] == arch[t.number]]
             assert t.values[0] == max(u.values[0] for u in twins)
+
+
+def test_a_summary_read_gives_the_status_and_front_a_whole_read_gives(tmp_path):
+    """`search status` and `search pareto` read a stored study's trials without their
+    curves and parameters (read_summaries): the same status and front as whole trials."""
+    from dataclasses import replace
+
+    import optuna
+    from optuna.distributions import IntDistribution
+    from optuna.trial import TrialState
+
+    from search.study import record
+    from search.study.results import pareto, status, stored_pareto, stored_status
+    from search.study.spec import build_spec
+    from search.study.studies import create_or_resume, load_study
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    spec = build_spec("sum", {"epochs": 4, "sampler": "random"}, None, "zero")
+    study = create_or_resume(replace(spec, data_hash="zero"), url, 30)
+    rng = random.Random(3)
+    kinds = [(TrialState.COMPLETE, {}), (TrialState.COMPLETE, {"state": "REUSED"}),
+             (TrialState.COMPLETE, {"state": "INFEASIBLE"}), (TrialState.PRUNED, {}),
+             (TrialState.FAIL, {"counted": True}), (TrialState.FAIL, {})]
+    for n in range(30):
+        state, marks = kinds[0] if n < 12 else rng.choice(kinds)
+        h = rng.randrange(64, 512, 32)
+        attrs = record.TrialRecord.attrs(
+            family="convmixer", config={"h": h, "d": 4}, label=f"ConvMixer-{h}/4",
+            arch_hash=f"a{h}", costs={"params": h * 100.0}, epochs_run=4, image_size=32,
+            num_classes=10, train_images=900, val_images=100, seed=n,
+            estimates={spec.rank_by: rng.random()}, seconds=10.0 + n, device=rng.choice(
+                ["cuda:0", "cpu"]), curve=[{"epoch": 1, "val_acc": 0.3}], **marks)
+        study.add_trial(optuna.trial.create_trial(
+            state=state, values=[rng.random(), h * 100.0] if state == TrialState.COMPLETE
+            else None, params={"h": h}, distributions={"h": IntDistribution(64, 512, step=32)},
+            user_attrs=attrs, intermediate_values={1: 0.3}))
+    whole, summary = status(load_study("sum", url)), stored_status(load_study("sum", url))
+    assert summary.as_dict() == whole.as_dict()
+    assert whole.front_size >= 2 and len([c for c in whole.counts.values() if c]) >= 5
+    assert set(whole.device_hours) == {"cuda", "cpu"}
+    assert stored_pareto(load_study("sum", url)) == pareto(load_study("sum", url))
+    light = record.read_summaries(load_study("sum", url), ("state",))
+    assert len(light) == 30 and all(t.params == {} and "curve" not in t.user_attrs
+                                    for t in light)  # it did read less
