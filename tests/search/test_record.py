@@ -245,8 +245,8 @@ def test_parameters_are_written_in_one_statement_only_to_unfinished_trials(backe
     assert "SELECT" in writes[0]  # ... SELECT FROM trials WHERE the trial is unfinished
     study.tell(second, 1.0)
     theirs = optuna.storages.RDBStorage(url).get_trial(record.trial_id(second))
-    assert (theirs.params, theirs.distributions) == (second.params,
-                                                     {"d": optuna.distributions.IntDistribution(1, 8)})
+    assert theirs.params == second.params
+    assert theirs.distributions == {"d": optuna.distributions.IntDistribution(1, 8)}
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
         storage.set_trial_param(record.trial_id(second), "e", 1.0,
                                 optuna.distributions.FloatDistribution(0, 2))
