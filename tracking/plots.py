@@ -12,6 +12,7 @@ from typing import Any
 
 import plotly.io as pio
 from matplotlib.figure import Figure  # drawn to bytes: no pyplot, no global backend
+from matplotlib.ticker import EngFormatter, LogFormatter
 
 
 def _figure(ncols: int = 1, margins: Mapping[str, float] | None = None, **kwargs):
@@ -31,7 +32,7 @@ def _axes(points: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
 
 def pareto_png(points: Sequence[Mapping[str, Any]], title: str) -> bytes:
     fig, ax = _figure(figsize=(7, 4.5), dpi=120,
-                      margins=dict(left=0.1, right=0.97, bottom=0.12, top=0.92))
+                      margins=dict(left=0.1, right=0.97, bottom=0.12, top=0.86))
     if points:
         x_key, y_key = _axes(points)
         for on_front, style in ((False, dict(color="0.6", s=18, label="trials")),
@@ -49,7 +50,7 @@ def pareto_png(points: Sequence[Mapping[str, Any]], title: str) -> bytes:
         # above the axes, never over a point (loc="best" tests every point: 60 ms at 5,000)
         ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=2, frameon=False,
                   borderaxespad=0.2)
-    ax.set_title(title, loc="left")
+    fig.suptitle(title, x=0.1, y=0.97, ha="left")  # above the legend, however long
     return _png(fig)
 
 
@@ -99,13 +100,18 @@ def importances_png(importances: Mapping[str, float]) -> bytes:
 
 
 def _log_axis(axis, set_scale) -> None:
-    """A log-scale axis labelled 10k, 1M, 100M: plain text (matplotlib's 10^5 labels are
-    typeset by its mathtext parser, a third of drawing a front), and costs read that way."""
-    from matplotlib.ticker import EngFormatter, NullFormatter
-
+    """A log-scale axis labelled 10k, 1M, 100M in plain text (matplotlib's 10^5 labels are
+    typeset by its mathtext parser, a third of drawing a front), as costs are read; the
+    minor ticks labelled as matplotlib's own log formatter chooses (a view of less than a
+    decade has no major tick)."""
     set_scale("log")
-    axis.set_major_formatter(EngFormatter(sep=""))
-    axis.set_minor_formatter(NullFormatter())
+    axis.set_major_formatter(_EngLogFormatter())
+    axis.set_minor_formatter(_EngLogFormatter(labelOnlyBase=False))
+
+
+class _EngLogFormatter(LogFormatter):
+    def _num_to_string(self, x, vmin, vmax):
+        return EngFormatter(sep="")(x)
 
 
 def _png(fig) -> bytes:

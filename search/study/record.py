@@ -13,13 +13,16 @@ All use of Optuna's private API lives here too, each with the public way as a fa
   - `system_attrs`: a live trial's system attributes as of `ask()` (the retry mark);
   - `claim_architecture`: one INSERT into Optuna's study-attribute table, whose unique key
     makes the claim atomic across processes and hosts (`_study_id`, `_rdb.models`);
-  - `budget_attrs`: the budget, the space's size and the claim count in one statement;
-  - `TrialReadingRDBStorage`: all trials in six plain SELECTs (`RDBStorage._get_trials`).
+  - `budget_attrs`: the budget, the space's size, the claim count and the trials' counts
+    by state in one statement (`_rdb.models`' tables);
+  - `TrialReadingRDBStorage`: all trials in six plain SELECTs (`RDBStorage._get_trials`),
+    one trial the same way (`get_trial`), a parameter in one INSERT (`_set_trial_param`).
 tests/search/test_record.py fails when Optuna moves any of them (optuna is pinned < 6).
 """
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 import math
@@ -156,10 +159,11 @@ def set_space_size(study: optuna.Study, size: float, only_if_unset: bool = False
         study.set_user_attr(StudyKey.SPACE_SIZE, None if math.isinf(size) else int(size))
 
 
-def budget_attrs(study: optuna.Study) -> dict[str, Any]:
+def budget_attrs(study: optuna.Study, counts: bool = True) -> dict[str, Any]:
     """What the budget is made of, read before every trial: `total` (the trial budget),
     `space_size`, `claimed` (architectures claimed) and, on an RDB storage, the trials'
-    counts: `finished` (holding a budget slot), `running`, `waiting`, `trials` (all).
+    counts (unless not `counts`): `finished` (holding a budget slot), `running`,
+    `waiting`, `trials` (all).
     On an RDB storage this is one statement. The whole attribute table holds a claim per
     architecture and grows with the study; reading it, or every unfinished trial, before
     each trial cost a worker more per trial the longer it ran and more round trips."""
@@ -169,7 +173,7 @@ def budget_attrs(study: optuna.Study) -> dict[str, Any]:
         return {"total": trial_budget(study, attrs), "space_size": space_size(study, attrs),
                 "claimed": len(claims(study, attrs))}
     with autocommit(backend).connect() as connection:  # one statement, one round trip
-        row = connection.execute(_budget_statement(),
+        row = connection.execute(_budget_statement(counts),
                                  {"study_id": study._study_id}).one()._asdict()
     raw = {k: row.pop(k) for k in (StudyKey.BUDGET, StudyKey.SPACE_SIZE)}
     attrs = {k: json.loads(v) for k, v in raw.items() if v is not None}
@@ -178,9 +182,10 @@ def budget_attrs(study: optuna.Study) -> dict[str, Any]:
 
 
 @functools.cache
-def _budget_statement():
-    """The budget attributes and the trials' counts of one study (the parameter
-    `study_id`), in one SELECT; built once, as building it costs more than running it."""
+def _budget_statement(counts: bool):
+    """The budget attributes and (with `counts`) the trials' counts of one study (the
+    parameter `study_id`), in one SELECT; built once, as building it costs more than
+    running it."""
     from optuna.storages._rdb import models
 
     study_id = sqlalchemy.bindparam("study_id")
@@ -211,9 +216,12 @@ def _budget_statement():
 
     def count(condition):
         return sqlalchemy.func.count(sqlalchemy.case((condition, 1)))
+    attrs = (value(StudyKey.BUDGET), value(StudyKey.SPACE_SIZE), claimed.label("claimed"))
+    if not counts:
+        return sqlalchemy.select(*attrs)
     return sqlalchemy.select(
-        value(StudyKey.BUDGET), value(StudyKey.SPACE_SIZE), claimed.label("claimed"),
-        count(holding).label("finished"), count(trials.c.state == S.RUNNING).label("running"),
+        *attrs, count(holding).label("finished"),
+        count(trials.c.state == S.RUNNING).label("running"),
         count(trials.c.state == S.WAITING).label("waiting"),
         sqlalchemy.func.count().label("trials")).select_from(joined).where(
         trials.c.study_id == study_id)
@@ -493,10 +501,25 @@ def _read(storage: optuna.storages.RDBStorage, where: Any,
     return [optuna.trial.FrozenTrial(
         number=h.number, state=h.state, value=None,
         values=[b["values"][i] for i in range(len(b["values"]))] if b["values"] else None,
-        datetime_start=h.datetime_start, datetime_complete=h.datetime_complete,
+        datetime_start=_local(h.datetime_start), datetime_complete=_local(h.datetime_complete),
         params=b["params"], distributions=b["distributions"], user_attrs=b["user"],
         system_attrs=b["system"], intermediate_values=b["steps"], trial_id=h.trial_id)
         for h in heads for b in (built[h.trial_id],)]
+
+
+def _local(stored: Any) -> Any:
+    """A stored trial time as Optuna shows it: Optuna 5 stores naive UTC and shows naive
+    local time (its model's properties); Optuna 4 stored local time."""
+    if stored is None or not _stores_utc():
+        return stored
+    return stored.replace(tzinfo=datetime.timezone.utc).astimezone().replace(tzinfo=None)
+
+
+@functools.cache
+def _stores_utc() -> bool:
+    from optuna.storages._rdb import models
+
+    return hasattr(models.TrialModel, "_datetime_start_utc")
 
 
 def trial_id(trial: Any) -> int:

@@ -81,8 +81,8 @@ class Budget:
 def budget(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> Budget:
     """The study's budget; counted from `trials` when given, else by the storage (one
     statement on an RDB storage) or from all trials read."""
-    attrs = record.budget_attrs(study)
-    if trials is None and "finished" in attrs:
+    attrs = record.budget_attrs(study, counts=trials is None)
+    if "finished" in attrs:
         return Budget(**attrs)
     trials = study.get_trials(deepcopy=False) if trials is None else trials
     return Budget(attrs["total"],

@@ -38,3 +38,21 @@ def test_the_front_page_has_both_traces_on_a_log_cost_axis():
 def test_an_empty_study_draws_an_empty_page():
     data, layout = _figure(pareto_html([], "study: nothing trained yet"))
     assert data == [] and layout["title"]["text"] == "study: nothing trained yet"
+
+
+def test_a_log_cost_axis_is_labelled_in_plain_text_within_a_decade_and_across_many():
+    """The front's cost axis reads 10k, 1M (no mathtext), and a view of less than one decade
+    (no major tick in it) still has labels."""
+    from matplotlib.figure import Figure
+
+    from tracking.plots import _log_axis
+
+    for low, high, expected in ((2e5, 8e5, {"300k", "400k"}), (1e4, 1e7, {"100k", "1M"})):
+        fig = Figure()
+        ax = fig.subplots()
+        ax.scatter([low, high], [0.1, 0.9])
+        _log_axis(ax.xaxis, ax.set_xscale)
+        fig.canvas.draw()
+        labels = {t.get_text() for t in ax.xaxis.get_ticklabels(which="both")} - {""}
+        assert expected <= labels, labels
+        assert not any("$" in label for label in labels)
