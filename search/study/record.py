@@ -161,9 +161,9 @@ def set_space_size(study: optuna.Study, size: float, only_if_unset: bool = False
 
 def budget_attrs(study: optuna.Study, counts: bool = True) -> dict[str, Any]:
     """What the budget is made of, read before every trial: `total` (the trial budget),
-    `space_size`, `claimed` (architectures claimed) and, on an RDB storage, the trials'
-    counts (unless not `counts`): `finished` (holding a budget slot), `running`,
-    `waiting`, `trials` (all).
+    `space_size`, `claimed` (architectures claimed) and, on an RDB storage with `counts`,
+    the trials' counts: `finished` (holding a budget slot), `running`, `waiting`,
+    `trials` (all).
     On an RDB storage this is one statement. The whole attribute table holds a claim per
     architecture and grows with the study; reading it, or every unfinished trial, before
     each trial cost a worker more per trial the longer it ran and more round trips."""
@@ -375,9 +375,8 @@ class TrialReadingRDBStorage(optuna.storages.RDBStorage):
             written = connection.execute(_param_statement(), {
                 "tid": trial_id, "name": param_name, "value": param_value_internal,
                 "distribution": distribution_to_json(distribution)})
-        if written.rowcount != 1:  # the trial is finished: Optuna's own error
-            self.check_trial_is_updatable(trial_id, self.get_trial(trial_id).state)
-            raise AssertionError(f"trial id {trial_id}: parameter {param_name} not written")
+        if written.rowcount != 1:
+            _refuse_finished(self, trial_id, f"parameter {param_name} not written")
 
 
 @functools.cache
@@ -507,6 +506,13 @@ def _read(storage: optuna.storages.RDBStorage, where: Any,
         for h in heads for b in (built[h.trial_id],)]
 
 
+def _refuse_finished(backend: optuna.storages.RDBStorage, tid: int, what: str) -> None:
+    """A one-statement write that wrote less than asked: the trial is finished, so raise
+    Optuna's own error (UpdateFinishedTrialError); anything else is a bug."""
+    backend.check_trial_is_updatable(tid, backend.get_trial(tid).state)
+    raise AssertionError(f"trial id {tid}: {what}")
+
+
 def _local(stored: Any) -> Any:
     """A stored trial time as Optuna shows it: Optuna 5 stores naive UTC and shows naive
     local time (its model's properties); Optuna 4 stored local time."""
@@ -574,10 +580,9 @@ def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
     with autocommit(backend).connect() as connection:  # one statement: atomic by itself
         written = connection.execute(_attr_statement(upsert, backend.engine.dialect.name),
                                      {"tid": tid, "rows": rows})
-    if written.rowcount != len(attrs):  # the trial is finished: Optuna's own error
-        backend.check_trial_is_updatable(tid, backend.get_trial(tid).state)
-        raise AssertionError(f"trial {trial.number}: {written.rowcount} of {len(attrs)} "
-                             f"attributes written")
+    if written.rowcount != len(attrs):
+        _refuse_finished(backend, tid, f"{written.rowcount} of {len(attrs)} attributes "
+                                       f"written")
     cached.user_attrs.update(attrs)  # what trial.user_attrs shows, as set_user_attr does
 
 

@@ -45,13 +45,13 @@ def test_a_log_cost_axis_is_labelled_in_plain_text_within_a_decade_and_across_ma
     (no major tick in it) still has labels."""
     from matplotlib.figure import Figure
 
-    from tracking.plots import _log_axis
+    from tracking.plots import _log_x
 
     for low, high, expected in ((2e5, 8e5, {"300k", "400k"}), (1e4, 1e7, {"100k", "1M"})):
         fig = Figure()
         ax = fig.subplots()
         ax.scatter([low, high], [0.1, 0.9])
-        _log_axis(ax.xaxis, ax.set_xscale)
+        _log_x(ax)
         fig.canvas.draw()
         labels = {t.get_text() for t in ax.xaxis.get_ticklabels(which="both")} - {""}
         assert expected <= labels, labels
